@@ -1,0 +1,276 @@
+"""Samplers: every A1111 name builds a fresh, working diffusers scheduler, or refuses with an EaselError."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from diffusers.configuration_utils import FrozenDict
+
+from pipelines.errors import EaselError
+from pipelines.samplers import (
+    SAMPLERS,
+    SCHEDULE_TYPES,
+    build_scheduler,
+    canonical_schedule_type,
+    split_sampler_name,
+    supported_schedule_types,
+)
+
+SD15_CONFIG = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "trained_betas": None,
+}
+SDXL_CONFIG = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "clip_sample": False,
+    "trained_betas": None,
+}
+V_PREDICTION_CONFIG = {  # SD 2.x 768-v
+    "_class_name": "DDIMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "clip_sample": False,
+    "prediction_type": "v_prediction",
+}
+ZERO_SNR_CONFIG = {  # v-prediction with zero terminal SNR, as some SDXL fine-tunes ship
+    **V_PREDICTION_CONFIG,
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+}
+CONFIGS = {"sd15": SD15_CONFIG, "sdxl": SDXL_CONFIG, "v": V_PREDICTION_CONFIG, "zero-snr": ZERO_SNR_CONFIG}
+
+
+def _run(scheduler: object, steps: int) -> torch.Tensor:
+    """A whole denoising loop with random model outputs: shapes, indices and the last step are exercised."""
+    generator = torch.Generator().manual_seed(0)
+    scheduler.set_timesteps(steps)  # type: ignore[attr-defined]
+    latents = torch.randn(1, 4, 8, 8, generator=generator) * scheduler.init_noise_sigma  # type: ignore[attr-defined]
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters  # type: ignore[attr-defined]
+    for timestep in scheduler.timesteps:  # type: ignore[attr-defined]
+        scheduler.scale_model_input(latents, timestep)  # type: ignore[attr-defined]
+        model_output = torch.randn(1, 4, 8, 8, generator=generator)
+        extra = {"generator": generator} if takes_generator else {}
+        latents = scheduler.step(model_output, timestep, latents, **extra).prev_sample  # type: ignore[attr-defined]
+    return latents
+
+
+@pytest.mark.parametrize("config_name", CONFIGS)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_builds_and_keeps_the_model_config(config_name: str, sampler: str) -> None:
+    config = CONFIGS[config_name]
+    scheduler = build_scheduler(config, sampler)
+    assert scheduler.config.prediction_type == config["prediction_type"]
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    assert scheduler.config.beta_start == pytest.approx(0.00085)
+    assert scheduler.config.beta_end == pytest.approx(0.012)
+    assert scheduler.config.num_train_timesteps == 1000
+    if "rescale_betas_zero_snr" in scheduler.config:
+        assert scheduler.config.rescale_betas_zero_snr == config.get("rescale_betas_zero_snr", False)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_each_call_returns_a_new_scheduler(sampler: str) -> None:
+    first = build_scheduler(SD15_CONFIG, sampler)
+    second = build_scheduler(SD15_CONFIG, sampler)
+    assert first is not second
+    first.set_timesteps(4)
+    second.set_timesteps(2)
+    assert len(first.timesteps) != len(second.timesteps)
+
+
+def test_accepts_a_frozen_dict_config() -> None:
+    scheduler = build_scheduler(FrozenDict(SD15_CONFIG), "Euler a")
+    assert type(scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "class_name", "expected"),
+    [
+        ("Euler a", "EulerAncestralDiscreteScheduler", {}),
+        ("Euler", "EulerDiscreteScheduler", {}),
+        ("LMS", "LMSDiscreteScheduler", {}),
+        ("Heun", "HeunDiscreteScheduler", {}),
+        ("DPM2", "KDPM2DiscreteScheduler", {}),
+        ("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}),
+        ("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        ("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+        (
+            "DPM++ 2M SDE Heun",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"},
+        ),
+        ("DPM++ 3M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+        ("DPM++ SDE", "DPMSolverSDEScheduler", {}),
+        ("DDIM", "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+        ("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
+        ("UniPC", "UniPCMultistepScheduler", {}),
+        ("LCM", "LCMScheduler", {"clip_sample": False}),
+    ],
+)
+def test_sampler_maps_to_the_design_class(sampler: str, class_name: str, expected: dict[str, object]) -> None:
+    scheduler = build_scheduler(SDXL_CONFIG, sampler)
+    assert type(scheduler).__name__ == class_name
+    for key, value in expected.items():
+        assert scheduler.config[key] == value
+
+
+def test_every_listed_sampler_has_a_mapping() -> None:
+    assert SAMPLERS[:2] == ("DPM++ 2M", "DPM++ SDE")
+    assert len(set(SAMPLERS)) == len(SAMPLERS)
+    assert SCHEDULE_TYPES == ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "Beta")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("Karras", {"use_karras_sigmas": True, "use_exponential_sigmas": False, "use_beta_sigmas": False}),
+        ("Exponential", {"use_karras_sigmas": False, "use_exponential_sigmas": True, "use_beta_sigmas": False}),
+        ("Beta", {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": True}),
+        ("Uniform", {"timestep_spacing": "linspace", "use_karras_sigmas": False}),
+        ("SGM Uniform", {"timestep_spacing": "trailing", "use_karras_sigmas": False}),
+        ("Simple", {"timestep_spacing": "trailing", "use_karras_sigmas": False}),
+    ],
+)
+def test_schedule_types_set_the_matching_flags(schedule: str, expected: dict[str, object]) -> None:
+    # The model's own config asks for Karras: an explicit schedule type must win over it.
+    config = {**SDXL_CONFIG, "use_karras_sigmas": True}
+    scheduler = build_scheduler(config, "DPM++ 2M", schedule)
+    for key, value in expected.items():
+        assert scheduler.config[key] == value
+
+
+def test_automatic_keeps_the_model_config_schedule() -> None:
+    scheduler = build_scheduler({**SDXL_CONFIG, "use_karras_sigmas": True}, "DPM++ 2M", "Automatic")
+    assert scheduler.config.use_karras_sigmas is True
+    scheduler = build_scheduler(SDXL_CONFIG, "Euler", "Automatic")
+    assert scheduler.config.timestep_spacing == "leading"
+    assert scheduler.config.use_karras_sigmas is False
+
+
+def test_uniform_and_sgm_uniform_start_at_the_last_training_step() -> None:
+    uniform = build_scheduler(SDXL_CONFIG, "Euler", "Uniform")
+    uniform.set_timesteps(4)
+    assert uniform.timesteps[0] == pytest.approx(999)
+    assert uniform.sigmas[-2] < 0.1  # linspace reaches t=0 before the final zero sigma
+    trailing = build_scheduler(SDXL_CONFIG, "Euler", "SGM Uniform")
+    trailing.set_timesteps(4)
+    assert [round(float(t)) for t in trailing.timesteps] == [999, 749, 499, 249]
+
+
+@pytest.mark.parametrize("config_name", CONFIGS)
+@pytest.mark.parametrize("schedule", SCHEDULE_TYPES)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_combination_runs_or_refuses_clearly(config_name: str, sampler: str, schedule: str) -> None:
+    try:
+        scheduler = build_scheduler(CONFIGS[config_name], sampler, schedule, noise_seed=1)
+    except EaselError as error:
+        assert sampler in str(error) and schedule in str(error)
+        assert schedule not in supported_schedule_types(sampler)
+        return
+    assert schedule in supported_schedule_types(sampler)
+    for steps in (1, 2, 4):
+        latents = _run(scheduler, steps)
+        assert latents.shape == (1, 4, 8, 8)
+        assert torch.isfinite(latents).all()
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_twenty_steps_run_with_the_usual_schedules(sampler: str) -> None:
+    for schedule in supported_schedule_types(sampler):
+        assert torch.isfinite(_run(build_scheduler(SD15_CONFIG, sampler, schedule, noise_seed=1), 20)).all()
+
+
+def test_dpmpp_sde_noise_is_seeded() -> None:
+    first = _run(build_scheduler(SD15_CONFIG, "DPM++ SDE", "Karras", noise_seed=5), 4)
+    torch.manual_seed(123)  # the global RNG must not matter
+    second = _run(build_scheduler(SD15_CONFIG, "DPM++ SDE", "Karras", noise_seed=5), 4)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("DPM++ 2M Karras", ("DPM++ 2M", "Karras")),
+        ("DPM++ 2M SDE Karras", ("DPM++ 2M SDE", "Karras")),
+        ("DPM++ 2M SDE Exponential", ("DPM++ 2M SDE", "Exponential")),
+        ("DPM++ 2M SDE Heun Karras", ("DPM++ 2M SDE Heun", "Karras")),
+        ("DPM++ 3M SDE Exponential", ("DPM++ 3M SDE", "Exponential")),
+        ("DPM++ SDE Karras", ("DPM++ SDE", "Karras")),
+        ("DPM2 a Karras", ("DPM2 a", "Karras")),
+        ("LMS Karras", ("LMS", "Karras")),
+        ("Euler a", ("Euler a", None)),
+        ("euler A", ("Euler a", None)),
+        ("  dpm++   2m   karras ", ("DPM++ 2M", "Karras")),
+        ("Euler SGM Uniform", ("Euler", "SGM Uniform")),
+        ("k_euler_a", ("Euler a", None)),
+        ("k_dpmpp_2m", ("DPM++ 2M", None)),
+        ("dpmpp_2m", ("DPM++ 2M", None)),
+        ("k_dpmpp_2m_ka", ("DPM++ 2M", "Karras")),
+        ("DDIM", ("DDIM", None)),
+        ("uni_pc", ("UniPC", None)),
+    ],
+)
+def test_split_sampler_name(name: str, expected: tuple[str, str | None]) -> None:
+    assert split_sampler_name(name) == expected
+
+
+@pytest.mark.parametrize("name", ["", "Restart", "DPM++ 2M Turbo", "Karras", "Euler a Karras Karras"])
+def test_unknown_sampler_lists_valid_names(name: str) -> None:
+    with pytest.raises(EaselError, match="Valid samplers: DPM\\+\\+ 2M, DPM\\+\\+ SDE"):
+        split_sampler_name(name)
+
+
+def test_combined_name_builds_its_schedule_and_rejects_a_conflict() -> None:
+    scheduler = build_scheduler(SD15_CONFIG, "DPM++ 2M Karras")
+    assert scheduler.config.use_karras_sigmas is True
+    assert build_scheduler(SD15_CONFIG, "DPM++ 2M Karras", "Karras").config.use_karras_sigmas is True
+    with pytest.raises(EaselError, match="conflicts"):
+        build_scheduler(SD15_CONFIG, "DPM++ 2M Karras", "Exponential")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("karras", "Karras"), ("sgm_uniform", "SGM Uniform"), ("SGM uniform", "SGM Uniform"), ("automatic", "Automatic")],
+)
+def test_schedule_type_names_are_forgiving(name: str, expected: str) -> None:
+    assert canonical_schedule_type(name) == expected
+
+
+def test_unknown_schedule_type_lists_valid_names() -> None:
+    with pytest.raises(EaselError, match="Valid schedule types: Automatic, Uniform, Karras"):
+        build_scheduler(SD15_CONFIG, "Euler", "Polyexponential")
+
+
+def test_impossible_schedule_is_a_clear_error() -> None:
+    with pytest.raises(EaselError, match="Euler a sampler cannot use the Karras schedule.*Automatic"):
+        build_scheduler(SD15_CONFIG, "Euler a", "Karras")
+    with pytest.raises(EaselError, match="LCM"):
+        build_scheduler(SD15_CONFIG, "LCM", "Karras")
