@@ -1,0 +1,27 @@
+"""The built-in demo model: a tiny random-weight SD1.x checkpoint, so Easel starts with no download.
+
+It is saved like a real checkpoint (single-file .safetensors, original key layout) in the checkpoints folder and
+loaded through the same loader as any other file. Its images are noise: it shows the UI working, nothing more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.checkpoints import list_checkpoints
+from pipelines.tiny_models import build_tiny_components, save_single_file
+
+DEMO_FILE = "easel-demo-random-weights.safetensors"
+DEMO_SEED = 20240601
+
+
+def ensure_demo_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """Build the demo checkpoint when the folder holds no checkpoint; returns its path, or None if not needed."""
+    path = checkpoints_dir / DEMO_FILE
+    others = [c for c in list_checkpoints(checkpoints_dir) if c.path != path]
+    if others:
+        return None
+    if not path.is_file():
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        save_single_file("sd1", build_tiny_components("sd1", seed=DEMO_SEED), path)
+    return path

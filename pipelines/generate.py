@@ -1,0 +1,319 @@
+"""``Engine.generate``: the one path every mode, the UI and the API take to make images."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines.errors import EaselError
+from pipelines.infotext import format_infotext
+from pipelines.inpaint import (
+    InpaintPlan,
+    finish_inpaint,
+    img2img_infotext_params,
+    inpaint_infotext_params,
+    prepare_img2img,
+    prepare_inpaint,
+)
+from pipelines.jobs import Job
+from pipelines.manager import ActiveModel, PipelineManager
+from pipelines.masks import latent_fill, latent_mask_from_pixel_mask
+from pipelines.outputs import save_image
+from pipelines.prompts import PromptEncoder, pad_to_same_length
+from pipelines.requests import MODE_FOLDERS, GenerationRequest, GenerationResult
+from pipelines.samplers import build_scheduler
+
+log = logging.getLogger(__name__)
+VERSION = "easel-0.1"
+
+
+@dataclass
+class EngineSettings:
+    """Knobs the settings tab and command line change at run time."""
+
+    preview_every: int = 1  # live preview every N steps; 0 disables
+    save_outputs: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encoder_kind(family: str) -> str:
+    if family == "sdxl_refiner":
+        return "sdxl_refiner"
+    return "sdxl" if family.startswith("sdxl") else family[:3]
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Noise drawn on the CPU from each image's seed: the same request gives the same image on any device."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+
+
+def decode_latents(active: ActiveModel, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE decode to RGB; fp16 VAEs that overflow (NaN) are upcast to fp32 once and the decode retried."""
+    vae = active.model.vae
+    if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
+        vae.to(torch.float32)
+    scaled = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+    with torch.no_grad():
+        pixels = vae.decode(scaled.to(vae.dtype)).sample
+        if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
+            log.warning("VAE produced NaNs in %s; upcasting it to fp32", vae.dtype)
+            vae.to(torch.float32)
+            pixels = vae.decode(scaled.to(torch.float32)).sample
+    arrays = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    return [Image.fromarray(np.ascontiguousarray(a.permute(1, 2, 0).numpy()), "RGB") for a in arrays]
+
+
+def _strength(request: GenerationRequest) -> float:
+    """Denoising strength, raised so that at least one step runs (A1111 runs one step at strength 0 too)."""
+    return min(1.0, max(request.denoising_strength, 1.0 / request.steps))
+
+
+class Engine:
+    """Owns the pipeline manager; turns validated requests into saved images."""
+
+    def __init__(self, manager: PipelineManager, outputs_dir: Path, settings: EngineSettings | None = None) -> None:
+        self.manager = manager
+        self.outputs_dir = outputs_dir
+        self.settings = settings or EngineSettings()
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _target_checkpoint(self, request: GenerationRequest) -> str:
+        if request.checkpoint:
+            return request.checkpoint
+        if self.manager.active is not None:
+            return self.manager.active.info.name
+        if self.manager.checkpoints:
+            return self.manager.checkpoints[0].name
+        raise EaselError(
+            f"no checkpoint found in {self.manager.checkpoints_dir}: copy a Stable Diffusion .safetensors file "
+            "there and press the refresh button"
+        )
+
+    def prompt_encoder(self, active: ActiveModel) -> PromptEncoder:
+        """One encoder per loaded model, kept with it."""
+        encoder = active.extra.get("prompt_encoder")
+        if encoder is None:
+            m = active.model
+            encoder = PromptEncoder(list(zip(m.tokenizers, m.text_encoders, strict=True)), encoder_kind(m.family))
+            active.extra["prompt_encoder"] = encoder
+        return encoder
+
+    def _embeddings(self, active: ActiveModel, request: GenerationRequest) -> dict[str, torch.Tensor]:
+        encoder = self.prompt_encoder(active)
+        with torch.no_grad():
+            cond = encoder.encode(request.prompt, clip_skip=request.clip_skip)
+            uncond = encoder.encode(request.negative_prompt, clip_skip=request.clip_skip)
+        cond, uncond = pad_to_same_length(cond, uncond)
+        device, dtype = self.manager.device, self.manager.dtype
+        out = {
+            "prompt_embeds": cond.embeds.to(device, dtype),
+            "negative_prompt_embeds": uncond.embeds.to(device, dtype),
+        }
+        if active.model.is_sdxl:
+            out["pooled_prompt_embeds"] = cond.pooled.to(device, dtype)
+            out["negative_pooled_prompt_embeds"] = uncond.pooled.to(device, dtype)
+        return out
+
+    def infotext(
+        self, request: GenerationRequest, active: ActiveModel, seed: int, extra: dict[str, object] | None = None
+    ) -> str:
+        params: dict[str, object] = {
+            "Steps": request.steps,
+            "Sampler": request.sampler,
+            "Schedule type": request.schedule_type if request.schedule_type != "Automatic" else None,
+            "CFG scale": request.cfg_scale,
+            "Seed": seed,
+            "Size": f"{request.width}x{request.height}",
+            "Model hash": active.hash,
+            "Model": active.info.model_name,
+            "Denoising strength": request.denoising_strength if request.mode != "txt2img" else None,
+            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        }
+        params.update(extra or {})
+        params.update(request.extra_params)
+        params["Version"] = VERSION
+        return format_infotext(request.prompt, request.negative_prompt, params)
+
+    # -- the one path ------------------------------------------------------------------------------------
+    def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
+        """Validate, switch model if asked, run every batch, save. Raises EaselError for bad input."""
+        request = request.validated()
+        job = job or Job()
+        job.batch_total = request.batch_count
+        target = self._target_checkpoint(request)
+        self.manager.prepare(target)  # slow disk load happens outside the device lock
+        with self.manager.device_lock:
+            job.status = "running"
+            try:
+                active = self.manager.activate(target)
+                result = self._run(request, active, job)
+            except BaseException:
+                job.status = "failed"
+                raise
+            job.status = "interrupted" if result.interrupted else "done"
+            return result
+
+    def _run(self, request: GenerationRequest, active: ActiveModel, job: Job) -> GenerationResult:
+        embeds = self._embeddings(active, request)
+        plan = prepare_inpaint(request) if request.mode == "inpaint" else None
+        init = prepare_img2img(request) if request.mode == "img2img" else None
+        extra = inpaint_infotext_params(request) if plan else img2img_infotext_params(request) if init else {}
+        images: list[Image.Image] = []
+        seeds: list[int] = []
+        infotexts: list[str] = []
+        paths: list[Path] = []
+        when = datetime.now()
+        steps_per_batch = self._sampled_steps(request)
+        job.total_steps = steps_per_batch * request.batch_count
+        for batch in range(request.batch_count):
+            if job.interrupted:
+                break
+            job.batch_index = batch
+            batch_seeds = [request.seed + batch * request.batch_size + i for i in range(request.batch_size)]
+            job.step = batch * steps_per_batch
+            inputs = self._mode_inputs(request, active, batch_seeds, plan, init)
+            batch_images = self._sample(request, active, embeds, batch_seeds, job, dict(inputs))
+            if plan is not None:
+                batch_images = [finish_inpaint(plan, image) for image in batch_images]
+            for image, seed in zip(batch_images, batch_seeds, strict=True):
+                text = self.infotext(request, active, seed, extra)
+                if request.save and self.settings.save_outputs:
+                    paths.append(save_image(image, self.outputs_dir, MODE_FOLDERS[request.mode], seed, text, when))
+                images.append(image)
+                seeds.append(seed)
+                infotexts.append(text)
+        if not job.interrupted:
+            job.step = job.total_steps
+        return GenerationResult(
+            images,
+            seeds,
+            infotexts,
+            paths,
+            request,
+            active.info.model_name,
+            active.hash,
+            interrupted=job.interrupted,
+        )
+
+    @staticmethod
+    def _sampled_steps(request: GenerationRequest) -> int:
+        """Steps the sampler really runs: img2img and inpaint run ``steps * denoising strength`` like A1111."""
+        if request.mode == "txt2img":
+            return request.steps
+        return request.steps - int(request.steps - request.steps * _strength(request))
+
+    def _mode_inputs(
+        self,
+        request: GenerationRequest,
+        active: ActiveModel,
+        seeds: list[int],
+        plan: InpaintPlan | None,
+        init: Image.Image | None,
+    ) -> dict[str, Any]:
+        """The pipeline arguments that differ between txt2img, img2img and inpaint."""
+        n = len(seeds)
+        inpaint_model = active.model.unet.config.in_channels == 9
+        if request.mode == "txt2img":
+            shape = (active.model.vae.config.latent_channels, request.height // 8, request.width // 8)
+            latents = initial_noise(seeds, shape).to(self.manager.device, self.manager.dtype)
+            size = {"width": request.width, "height": request.height, "latents": latents}
+            if inpaint_model:  # as A1111: a grey picture, all of it masked, full strength
+                grey = Image.new("RGB", (request.width, request.height), (127, 127, 127))
+                full = Image.new("L", grey.size, 255)
+                return {**size, "image": [grey] * n, "mask_image": [full] * n, "strength": 1.0, "mode": "inpaint"}
+            return size
+        if request.mode == "img2img":
+            assert init is not None
+            if inpaint_model:  # an inpainting UNet needs a mask: all of the picture
+                full = Image.new("L", init.size, 255)
+                return {
+                    "image": [init] * n,
+                    "mask_image": [full] * n,
+                    "strength": _strength(request),
+                    "width": init.width,
+                    "height": init.height,
+                    "mode": "inpaint",
+                }
+            return {"image": [init] * n, "strength": _strength(request)}
+        assert plan is not None
+        inputs: dict[str, Any] = {
+            "image": [plan.image] * n,
+            "mask_image": [plan.mask] * n,
+            "strength": _strength(request),
+            "width": plan.image.width,
+            "height": plan.image.height,
+        }
+        if request.inpainting_fill in (2, 3) and request.denoising_strength < 1:
+            inputs.update(self._latent_fill_inputs(request, active, plan, seeds))
+        return inputs
+
+    def _latent_fill_inputs(
+        self, request: GenerationRequest, active: ActiveModel, plan: InpaintPlan, seeds: list[int]
+    ) -> dict[str, Any]:
+        """A1111's "latent noise" / "latent nothing": the masked part of the init latents replaced before noising."""
+        vae = active.model.vae
+        device, dtype = self.manager.device, vae.dtype
+        pixels = torch.from_numpy(np.asarray(plan.image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+        keep = torch.from_numpy(np.asarray(plan.mask) < 128)[None, None]
+        with torch.no_grad():
+            image_latents = vae.encode(pixels.to(device, dtype)).latent_dist.mode() * vae.config.scaling_factor
+            masked = vae.encode((pixels * keep).to(device, dtype)).latent_dist.mode() * vae.config.scaling_factor
+        latent_mask = latent_mask_from_pixel_mask(plan.mask, image_latents.shape[2], image_latents.shape[3])
+        filled = [
+            latent_fill(
+                image_latents.cpu(), latent_mask, request.inpainting_fill, torch.Generator("cpu").manual_seed(seed)
+            )
+            for seed in seeds
+        ]
+        dtype = self.manager.dtype
+        return {
+            "image": torch.cat(filled).to(device, dtype),
+            "masked_image_latents": masked.repeat(len(seeds), 1, 1, 1).to(device, dtype),
+        }
+
+    def _sample(
+        self,
+        request: GenerationRequest,
+        active: ActiveModel,
+        embeds: dict[str, torch.Tensor],
+        seeds: list[int],
+        job: Job,
+        inputs: dict[str, Any],
+    ) -> list[Image.Image]:
+        """One pipeline call for one batch, with progress, preview and interrupt wired to the job."""
+        scheduler = build_scheduler(active.model.scheduler_config, request.sampler, request.schedule_type)
+        pipe = self.manager.pipeline(inputs.pop("mode", request.mode), scheduler, active)
+        pipe.set_progress_bar_config(disable=True)
+        n = len(seeds)
+        batch_embeds = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.items()}
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        first_step = job.step
+        every = self.settings.preview_every
+        sdxl = active.model.is_sdxl
+
+        def on_step_end(pipeline: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            job.step = first_step + i + 1
+            if every and (i + 1) % every == 0 and "latents" in kwargs:
+                job.offer_latents(kwargs["latents"], job.step, sdxl)
+            if job.interrupted or job.take_skip():
+                pipeline._interrupt = True
+            return kwargs
+
+        with torch.no_grad():
+            output = pipe(
+                **batch_embeds,
+                **inputs,
+                num_inference_steps=request.steps,
+                guidance_scale=request.cfg_scale,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+            )
+        return decode_latents(active, output.images)

@@ -1,0 +1,209 @@
+"""The one place checkpoints live in memory: the active model on the device, recent ones in a RAM cache.
+
+Every mode (txt2img, img2img, inpaint) is a diffusers pipeline object built per request around the SAME module
+objects, so there is one copy of the weights however many tabs are used. Schedulers are never shared: each
+request gets a fresh one from the model's base config.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
+
+from pipelines.checkpoints import CheckpointInfo, HashCache, find_checkpoint, list_checkpoints
+from pipelines.devices import available_ram_bytes, module_bytes
+from pipelines.errors import EaselError
+from pipelines.loader import LoadedModel, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+MODES = ("txt2img", "img2img", "inpaint")
+_SD_CLASSES = {
+    "txt2img": StableDiffusionPipeline,
+    "img2img": StableDiffusionImg2ImgPipeline,
+    "inpaint": StableDiffusionInpaintPipeline,
+}
+_SDXL_CLASSES = {
+    "txt2img": StableDiffusionXLPipeline,
+    "img2img": StableDiffusionXLImg2ImgPipeline,
+    "inpaint": StableDiffusionXLInpaintPipeline,
+}
+
+
+@dataclass
+class ActiveModel:
+    """A loaded checkpoint and what generation needs to know about it."""
+
+    info: CheckpointInfo
+    model: LoadedModel
+    hash: str | None
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+
+class PipelineManager:
+    """Owns the loaded checkpoints. ``device_lock`` is held by whoever runs the device (one job at a time)."""
+
+    def __init__(
+        self,
+        checkpoints_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        hash_cache: HashCache,
+        ram_cache_size: int | None = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.checkpoints_dir = checkpoints_dir
+        self.device = device
+        self.dtype = dtype
+        self.hashes = hash_cache
+        self.ram_cache_size = ram_cache_size  # None: as many as fit in half the free RAM
+        self.allow_pickle = allow_pickle
+        self.device_lock = threading.RLock()
+        self._load_lock = threading.Lock()
+        self._cache: OrderedDict[Path, ActiveModel] = OrderedDict()
+        self._active: ActiveModel | None = None
+        self._checkpoints: list[CheckpointInfo] = []
+        self.refresh()
+
+    # -- discovery ---------------------------------------------------------------------------------------
+    def refresh(self) -> list[CheckpointInfo]:
+        """Rescan the checkpoints folder."""
+        self._checkpoints = list_checkpoints(self.checkpoints_dir)
+        return self._checkpoints
+
+    @property
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return list(self._checkpoints)
+
+    def find(self, query: str) -> CheckpointInfo:
+        try:
+            return find_checkpoint(self._checkpoints, query, self.hashes)
+        except EaselError:
+            self.refresh()  # a file copied in since the last scan
+            return find_checkpoint(self._checkpoints, query, self.hashes)
+
+    @property
+    def active(self) -> ActiveModel | None:
+        return self._active
+
+    def cached_names(self) -> list[str]:
+        return [m.info.name for m in self._cache.values()]
+
+    # -- loading and switching ---------------------------------------------------------------------------
+    def prepare(self, query: str) -> ActiveModel:
+        """Make a checkpoint ready in RAM (or on the device if active) without holding the device lock."""
+        info = self.find(query)
+        if self._active and self._active.info.path == info.path:
+            return self._active
+        with self._load_lock:
+            if info.path in self._cache:
+                return self._cache[info.path]
+            import time
+
+            start = time.perf_counter()
+            model = load_checkpoint(info.path, self.dtype, self.allow_pickle)
+            loaded = ActiveModel(info, model, self.hashes.autov2(info.path), time.perf_counter() - start)
+            self._cache[info.path] = loaded
+            return loaded
+
+    def activate(self, query: str) -> ActiveModel:
+        """Switch the device to a checkpoint. Loads from disk first (outside the lock), then swaps under it."""
+        wanted = self.prepare(query)
+        with self.device_lock:
+            if self._active is wanted:
+                return wanted
+            previous = self._active
+            if previous is not None:
+                self._to(previous, torch.device("cpu"))
+                self._cache[previous.info.path] = previous
+                self._cache.move_to_end(previous.info.path)
+            self._cache.pop(wanted.info.path, None)
+            self._to(wanted, self.device)
+            self._active = wanted
+            self._trim_cache(wanted)
+            return wanted
+
+    def _to(self, active: ActiveModel, device: torch.device) -> None:
+        if device.type == "cpu" and self.device.type == "cpu":
+            return
+        for module in active.model.modules():
+            module.to(device)
+
+    def _trim_cache(self, active: ActiveModel) -> None:
+        limit = self.ram_cache_size
+        if limit is None:
+            size = max(1, module_bytes(active.model.modules()))
+            limit = max(1, int(available_ram_bytes() * 0.5 // size))
+        while len(self._cache) > limit:
+            path, dropped = self._cache.popitem(last=False)
+            log.info("dropping %s from the RAM cache", dropped.info.name)
+
+    def unload_all(self) -> None:
+        with self.device_lock:
+            self._cache.clear()
+            self._active = None
+
+    # -- pipelines -----------------------------------------------------------------------------------------
+    def pipeline(self, mode: str, scheduler: Any, active: ActiveModel | None = None) -> Any:
+        """A diffusers pipeline for ``mode`` over the active model's shared modules, with its own scheduler."""
+        active = active or self._active
+        if active is None:
+            raise EaselError("no checkpoint is loaded")
+        if mode not in MODES:
+            raise EaselError(f"unknown mode '{mode}'")
+        m = active.model
+        if m.family == "sdxl_refiner":
+            if mode == "txt2img":
+                raise EaselError("the SDXL refiner only refines images: use it in img2img or inpaint")
+            cls = _SDXL_CLASSES[mode]
+            return cls(
+                vae=m.vae,
+                text_encoder=None,
+                text_encoder_2=m.text_encoders[0],
+                tokenizer=None,
+                tokenizer_2=m.tokenizers[0],
+                unet=m.unet,
+                scheduler=scheduler,
+                requires_aesthetics_score=True,
+                force_zeros_for_empty_prompt=False,
+            )
+        if m.is_sdxl:
+            return _SDXL_CLASSES[mode](
+                vae=m.vae,
+                text_encoder=m.text_encoders[0],
+                text_encoder_2=m.text_encoders[1],
+                tokenizer=m.tokenizers[0],
+                tokenizer_2=m.tokenizers[1],
+                unet=m.unet,
+                scheduler=scheduler,
+                force_zeros_for_empty_prompt=False,
+            )
+        return _SD_CLASSES[mode](
+            vae=m.vae,
+            text_encoder=m.text_encoders[0],
+            tokenizer=m.tokenizers[0],
+            unet=m.unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )

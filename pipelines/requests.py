@@ -1,0 +1,117 @@
+"""What a user asks for (validated once, here) and what they get back."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image
+
+from pipelines.errors import EaselError
+from pipelines.samplers import SCHEDULE_TYPES, split_sampler_name
+
+MAX_SEED = 2**32 - 1
+MODE_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "inpaint": "inpaint-images"}
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise EaselError(f"{name} must be between {low:g} and {high:g} (got {value:g})")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One user request, in every mode. Construct through ``validated()`` so bad input fails early and clearly."""
+
+    mode: str = "txt2img"
+    prompt: str = ""
+    negative_prompt: str = ""
+    checkpoint: str | None = None  # None: the active one
+    sampler: str = "Euler a"
+    schedule_type: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_count: int = 1
+    batch_size: int = 1
+    clip_skip: int = 1
+    save: bool = True
+    # img2img / inpaint
+    init_image: Image.Image | None = None
+    denoising_strength: float = 0.75
+    resize_mode: int = 0
+    mask: Image.Image | None = None
+    mask_blur: int = 4
+    inpainting_mask_invert: bool = False
+    inpainting_fill: int = 1
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    extra_params: dict[str, object] = field(default_factory=dict)
+
+    def validated(self) -> GenerationRequest:
+        """A copy with names canonical and a concrete seed; raises EaselError naming what is wrong."""
+        if self.mode not in MODE_FOLDERS:
+            raise EaselError(f"unknown mode '{self.mode}' (use txt2img, img2img or inpaint)")
+        sampler, schedule = split_sampler_name(self.sampler)
+        schedule_type = schedule or self.schedule_type or "Automatic"
+        match = next((s for s in SCHEDULE_TYPES if s.lower() == schedule_type.lower()), None)
+        if match is None:
+            raise EaselError(f"unknown schedule type '{schedule_type}'; use one of {', '.join(SCHEDULE_TYPES)}")
+        _check_range("Steps", self.steps, 1, 150)
+        _check_range("CFG scale", self.cfg_scale, 1, 30)
+        for name, value in (("Width", self.width), ("Height", self.height)):
+            _check_range(name, value, 64, 2048)
+            if value % 8:
+                raise EaselError(f"{name} must be a multiple of 8 (got {value})")
+        _check_range("Batch count", self.batch_count, 1, 100)
+        _check_range("Batch size", self.batch_size, 1, 8)
+        _check_range("Clip skip", self.clip_skip, 1, 12)
+        seed = int(self.seed)
+        if seed == -1:
+            seed = random.randint(0, MAX_SEED)
+        _check_range("Seed", seed, 0, MAX_SEED)
+        if self.mode != "txt2img":
+            if self.init_image is None:
+                raise EaselError("no image given: upload or paste an image first")
+            _check_range("Denoising strength", self.denoising_strength, 0, 1)
+            _check_range("Resize mode", self.resize_mode, 0, 2)
+        if self.mode == "inpaint":
+            if self.mask is None:
+                raise EaselError("paint a mask first (or upload one)")
+            _check_range("Mask blur", self.mask_blur, 0, 64)
+            _check_range("Masked content", self.inpainting_fill, 0, 3)
+            _check_range("Only masked padding", self.inpaint_full_res_padding, 0, 256)
+        return replace(
+            self,
+            sampler=sampler,
+            schedule_type=match,
+            seed=seed,
+            steps=int(self.steps),
+            width=int(self.width),
+            height=int(self.height),
+            batch_count=int(self.batch_count),
+            batch_size=int(self.batch_size),
+            clip_skip=int(self.clip_skip),
+        )
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_count * self.batch_size
+
+
+@dataclass
+class GenerationResult:
+    """Images with their seeds, infotexts and saved paths (paths empty when not saved)."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    paths: list[Path]
+    request: GenerationRequest
+    model_name: str
+    model_hash: str | None
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False

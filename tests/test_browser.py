@@ -1,0 +1,41 @@
+"""What an artist does in the browser: type a prompt, press Generate, see the image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.browser import browser_page, set_number
+from tests.server import running_server
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    outputs = tmp_path_factory.mktemp("browser-outputs")
+    log = tmp_path_factory.mktemp("browser-log") / "server.log"
+    args = ["--models-dir", str(models_dir), "--outputs-dir", str(outputs), "--ckpt", "tiny-sd1.safetensors"]
+    with running_server(args, log) as url:
+        yield url, outputs
+
+
+def test_type_prompt_generate_and_see_image_in_gallery(server, tmp_path: Path) -> None:
+    url, outputs = server
+    with browser_page(tmp_path / "profile") as page:
+        page.goto(url)
+        page.locator("#txt2img_prompt textarea").wait_for(timeout=30_000)
+        page.locator("#txt2img_prompt textarea").fill("a small red house by a lake")
+        set_number(page, "txt2img_steps", 3)
+        set_number(page, "txt2img_width", 64)
+        set_number(page, "txt2img_height", 64)
+        set_number(page, "txt2img_seed", 4242)
+        page.locator("#txt2img_generate").click()
+        page.locator("#txt2img_gallery img").first.wait_for(state="visible", timeout=60_000)
+        info = page.locator("#txt2img_info textarea")
+        page.wait_for_function("el => el.value.includes('Seed: 4242')", arg=info.element_handle(), timeout=30_000)
+        page.screenshot(path=str(tmp_path / "txt2img.png"))
+        assert "a small red house by a lake" in info.input_value()
+    saved = list(outputs.glob("txt2img-images/*/*-4242.png"))
+    assert len(saved) == 1

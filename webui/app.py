@@ -1,0 +1,101 @@
+"""build_app(ctx) -> gr.Blocks, and launching it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines.errors import EaselError
+from webui.context import AppContext
+from webui.tabs.png_info import build_png_info_tab
+from webui.tabs.settings import build_settings_tab
+from webui.tabs.txt2img import build_txt2img_tab
+
+CSS = (Path(__file__).parent / "style.css").read_text()
+
+
+def demo_banner(ctx: AppContext) -> str:
+    if not ctx.demo_active():
+        return ""
+    folder = ctx.engine.manager.checkpoints_dir
+    return (
+        "⚠️ **Demo model with random weights: it makes noise, not pictures.** "
+        f"Copy a Stable Diffusion checkpoint (`.safetensors`, SD 1.x, 2.x or SDXL) into `{folder}/` "
+        "and press ↻, then pick it above."
+    )
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    """The whole UI over one engine. No generation logic lives here."""
+    with gr.Blocks(title="Easel", analytics_enabled=False) as app:
+        with gr.Row(elem_id="easel_top"):
+            checkpoint = gr.Dropdown(
+                ctx.checkpoint_names(),
+                value=ctx.active_name(),
+                label="Stable Diffusion checkpoint",
+                elem_id="easel_checkpoint",
+                scale=4,
+                interactive=True,
+                allow_custom_value=True,
+            )
+            refresh = gr.Button("↻", elem_id="easel_refresh", scale=0, min_width=48)
+            model_status = gr.Markdown(_model_status(ctx), elem_id="easel_model_status")
+        banner = gr.Markdown(demo_banner(ctx), elem_id="easel_demo_banner")
+        with gr.Tabs():
+            with gr.Tab("txt2img", id="txt2img"):
+                build_txt2img_tab(ctx, checkpoint)
+            with gr.Tab("PNG Info", id="png_info"):
+                build_png_info_tab()
+            with gr.Tab("Settings", id="settings"):
+                build_settings_tab(ctx)
+
+        def switch(name: str | None):
+            if not name:
+                return gr.update(), gr.update()
+            try:
+                ctx.engine.manager.activate(name)
+            except EaselError as exc:
+                raise gr.Error(str(exc)) from exc
+            return _model_status(ctx), demo_banner(ctx)
+
+        def rescan():
+            names = [c.name for c in ctx.engine.manager.refresh()]
+            if not names:
+                gr.Warning(f"No checkpoint found in {ctx.engine.manager.checkpoints_dir}")
+            return gr.update(choices=names, value=ctx.active_name())
+
+        checkpoint.change(
+            switch,
+            checkpoint,
+            [model_status, banner],
+            api_name="switch_checkpoint",
+            concurrency_limit=1,
+            concurrency_id="device",
+        )
+        refresh.click(rescan, None, checkpoint, api_name="refresh_checkpoints", queue=False)
+    return app
+
+
+def _model_status(ctx: AppContext) -> str:
+    from pipelines.architecture import FAMILY_LABELS
+
+    active = ctx.engine.manager.active
+    if active is None:
+        return "No checkpoint loaded"
+    label = FAMILY_LABELS.get(active.family, active.family)
+    hash_text = f" · `{active.hash}`" if active.hash else ""
+    return f"{label}{hash_text} · {ctx.engine.manager.device.type}"
+
+
+def launch(app: gr.Blocks, host: str, port: int, **kwargs) -> None:
+    app.queue(default_concurrency_limit=1, max_size=64)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        css=CSS,
+        ssr_mode=False,
+        show_error=True,
+        footer_links=["settings"],
+        **kwargs,
+    )

@@ -1,0 +1,62 @@
+"""The ``python -m webui`` command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.devices import PRECISIONS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m webui",
+        description="Easel: a Stable Diffusion web UI. Starts on http://127.0.0.1:7860 by default.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    models = parser.add_argument_group("models and files")
+    models.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("models"),
+        help="A1111-layout models folder: Stable-diffusion/, VAE/, Lora/ inside it",
+    )
+    models.add_argument(
+        "--ckpt-dir",
+        type=Path,
+        default=None,
+        help="checkpoints folder, if not <models-dir>/Stable-diffusion (point it at an A1111/Forge folder)",
+    )
+    models.add_argument(
+        "--embeddings-dir", type=Path, default=None, help="textual-inversion embeddings (default: embeddings/)"
+    )
+    models.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where generated images are saved")
+    models.add_argument("--ckpt", default=None, help="checkpoint to load at start (name, file name or stem)")
+    models.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow .ckpt/.pt/.bin pickle checkpoints (loaded weights-only); they are refused otherwise",
+    )
+    models.add_argument("--no-demo", action="store_true", help="do not build the random-weight demo model")
+
+    compute = parser.add_argument_group("compute")
+    compute.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    compute.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: fp16 on GPUs, fp32 on CPU")
+    compute.add_argument(
+        "--ram-cache",
+        type=int,
+        default=None,
+        help="checkpoints kept in RAM after switching away (default: as many as fit in half the free RAM)",
+    )
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--port", type=int, default=7860, help="port to listen on")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.ckpt_dir = args.ckpt_dir or args.models_dir / "Stable-diffusion"
+    args.embeddings_dir = args.embeddings_dir or Path("embeddings")
+    return args

@@ -1,0 +1,139 @@
+"""Widgets every generation tab shares, built by one function so no tab carries a copy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from pipelines.samplers import SAMPLERS, SCHEDULE_TYPES
+
+PARAM_FIELDS = (
+    "sampler",
+    "schedule_type",
+    "steps",
+    "cfg_scale",
+    "width",
+    "height",
+    "batch_count",
+    "batch_size",
+    "seed",
+    "clip_skip",
+)
+
+
+@dataclass
+class PromptBoxes:
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+
+
+@dataclass
+class ParamPanel:
+    """The generation parameters of one tab, in the order ``values_to_kwargs`` expects."""
+
+    sampler: gr.Dropdown
+    schedule_type: gr.Dropdown
+    steps: gr.Slider
+    cfg_scale: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+    seed: gr.Number
+    clip_skip: gr.Slider
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+
+    def inputs(self) -> list[gr.components.Component]:
+        return [getattr(self, name) for name in PARAM_FIELDS]
+
+
+def values_to_kwargs(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
+    """Widget values (in ``ParamPanel.inputs`` order) -> GenerationRequest keyword arguments."""
+    kwargs = dict(zip(PARAM_FIELDS, values, strict=True))
+    for name in ("steps", "width", "height", "batch_count", "batch_size", "clip_skip"):
+        kwargs[name] = int(kwargs[name])
+    kwargs["seed"] = int(kwargs["seed"]) if kwargs["seed"] is not None else -1
+    kwargs["cfg_scale"] = float(kwargs["cfg_scale"])
+    return kwargs
+
+
+def build_prompt_boxes(tab: str) -> PromptBoxes:
+    prompt = gr.Textbox(
+        label="Prompt", lines=3, placeholder="Prompt (press Ctrl+Enter to generate)", elem_id=f"{tab}_prompt"
+    )
+    negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="Negative prompt", elem_id=f"{tab}_neg_prompt")
+    return PromptBoxes(prompt, negative)
+
+
+def build_param_panel(tab: str, default_size: int = 512) -> ParamPanel:
+    """Sampler, steps, CFG, size, batch and seed controls, A1111's ranges and defaults."""
+    with gr.Row():
+        sampler = gr.Dropdown(list(SAMPLERS), value="Euler a", label="Sampling method", elem_id=f"{tab}_sampler")
+        schedule = gr.Dropdown(
+            list(SCHEDULE_TYPES), value="Automatic", label="Schedule type", elem_id=f"{tab}_scheduler"
+        )
+        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
+    with gr.Row():
+        with gr.Column(scale=3):
+            width = gr.Slider(64, 2048, value=default_size, step=8, label="Width", elem_id=f"{tab}_width")
+            height = gr.Slider(64, 2048, value=default_size, step=8, label="Height", elem_id=f"{tab}_height")
+        with gr.Column(scale=1):
+            batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
+            batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+    cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
+    with gr.Row(equal_height=True):
+        seed = gr.Number(value=-1, label="Seed (-1 = random)", precision=0, elem_id=f"{tab}_seed", scale=4)
+        random_seed = gr.Button("⚄", elem_id=f"{tab}_random_seed", scale=0, min_width=48)
+        reuse_seed = gr.Button("♻", elem_id=f"{tab}_reuse_seed", scale=0, min_width=48)
+    with gr.Accordion("Advanced", open=False):
+        clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id=f"{tab}_clip_skip")
+    random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
+    return ParamPanel(
+        sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed, clip_skip, random_seed, reuse_seed
+    )
+
+
+@dataclass
+class OutputPanel:
+    """Gallery, live preview, progress and the selected image's infotext."""
+
+    gallery: gr.Gallery
+    preview: gr.Image
+    progress: gr.HTML
+    infotext: gr.Textbox
+    result_state: gr.State
+
+    def outputs(self) -> list[gr.components.Component]:
+        return [self.gallery, self.preview, self.progress, self.infotext, self.result_state]
+
+
+def build_output_panel(tab: str) -> OutputPanel:
+    progress = gr.HTML("", elem_id=f"{tab}_progress")
+    preview = gr.Image(
+        label="Live preview", visible=False, interactive=False, format="png", elem_id=f"{tab}_preview", height=320
+    )
+    gallery = gr.Gallery(
+        label="Output", format="png", columns=4, height=480, elem_id=f"{tab}_gallery", interactive=False
+    )
+    infotext = gr.Textbox(
+        label="Generation parameters", lines=4, interactive=False, elem_id=f"{tab}_info", buttons=["copy"]
+    )
+    state = gr.State({"seeds": [], "infotexts": []})
+    gallery.select(_show_selected, [state], [infotext, state], api_visibility="private", queue=False)
+    return OutputPanel(gallery, preview, progress, infotext, state)
+
+
+def _show_selected(state: dict, evt: gr.SelectData) -> tuple[str, dict]:
+    texts = state.get("infotexts", [])
+    index = evt.index if isinstance(evt.index, int) and evt.index < len(texts) else 0
+    return (texts[index] if texts else ""), {**state, "selected": index}
+
+
+def selected_seed(state: dict) -> int:
+    """The seed of the image selected in the gallery (the first one if none was clicked), or -1."""
+    seeds = state.get("seeds", []) if state else []
+    index = state.get("selected", 0) if state else 0
+    return seeds[index] if index < len(seeds) else -1

@@ -1,0 +1,25 @@
+"""What every tab and the API share: the engine, the per-session jobs, and the start-up facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.generate import Engine
+from webui.runner import JobRegistry
+
+
+@dataclass
+class AppContext:
+    engine: Engine
+    demo_checkpoint: str | None = None  # name of the random-weight demo checkpoint, when one was built
+    jobs: JobRegistry = field(default_factory=JobRegistry)
+
+    def checkpoint_names(self) -> list[str]:
+        return [c.name for c in self.engine.manager.checkpoints]
+
+    def active_name(self) -> str | None:
+        active = self.engine.manager.active
+        return active.info.name if active else None
+
+    def demo_active(self) -> bool:
+        return self.demo_checkpoint is not None and self.active_name() == self.demo_checkpoint

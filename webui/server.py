@@ -1,0 +1,49 @@
+"""Start-up: models folder -> engine -> app -> server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipelines.checkpoints import HashCache
+from pipelines.demo import ensure_demo_checkpoint
+from pipelines.devices import choose_device, choose_dtype
+from pipelines.generate import Engine
+from pipelines.manager import PipelineManager
+from webui.app import build_app, launch
+from webui.context import AppContext
+
+log = logging.getLogger(__name__)
+
+
+def build_context(args: argparse.Namespace) -> AppContext:
+    """Find or build a checkpoint, load it, and wrap the engine for the UI."""
+    demo = None if args.no_demo else ensure_demo_checkpoint(args.ckpt_dir)
+    device = choose_device(args.device)
+    manager = PipelineManager(
+        args.ckpt_dir,
+        device,
+        choose_dtype(device, args.precision),
+        HashCache(args.models_dir / ".easel-hashes.json"),
+        args.ram_cache,
+        args.allow_pickle,
+    )
+    engine = Engine(manager, args.outputs_dir)
+    ctx = AppContext(engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None)
+    first = args.ckpt or _preferred(ctx)
+    if first:
+        log.info("loading %s", first)
+        manager.activate(first)
+    return ctx
+
+
+def _preferred(ctx: AppContext) -> str | None:
+    """The first real checkpoint, else the demo one."""
+    names = ctx.checkpoint_names()
+    real = [n for n in names if n != ctx.demo_checkpoint]
+    return (real or names or [None])[0]
+
+
+def serve(ctx: AppContext, args: argparse.Namespace) -> None:
+    app = build_app(ctx)
+    launch(app, args.host, args.port)

@@ -1,0 +1,85 @@
+"""The txt2img tab: prompt + parameters -> images in the gallery."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from pipelines.requests import GenerationRequest
+from webui.components import (
+    OutputPanel,
+    build_output_panel,
+    build_param_panel,
+    build_prompt_boxes,
+    selected_seed,
+    values_to_kwargs,
+)
+from webui.context import AppContext
+from webui.runner import progress_html, session_of, stream_generation
+
+
+def result_updates(ctx: AppContext, request: GenerationRequest, job_session: str) -> Iterator[tuple[Any, ...]]:
+    """Run a request and yield values for an OutputPanel: live preview while working, the gallery at the end."""
+    job = ctx.jobs.start(job_session)
+    try:
+        for _, result in stream_generation(ctx.engine, request, job):
+            if result is None:
+                preview = gr.update(value=job.preview, visible=job.preview is not None)
+                yield gr.update(), preview, progress_html(job), gr.update(), gr.update()
+                continue
+            state = {"seeds": result.seeds, "infotexts": result.infotexts, "selected": 0}
+            note = "Interrupted: " if result.interrupted else ""
+            done = f"<div class='easel-progress done'>{note}{len(result.images)} image(s) in {job.elapsed:.1f}s</div>"
+            first = result.infotexts[0] if result.infotexts else ""
+            yield result.images, gr.update(value=None, visible=False), done, first, state
+    finally:
+        ctx.jobs.finish(job_session, job)
+
+
+def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
+    with gr.Row():
+        with gr.Column(scale=6):
+            prompts = build_prompt_boxes("txt2img")
+        with gr.Column(scale=1, min_width=160):
+            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", size="lg")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm")
+                skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
+    with gr.Row():
+        with gr.Column(scale=1):
+            panel = build_param_panel("txt2img")
+        with gr.Column(scale=1):
+            out = build_output_panel("txt2img")
+
+    def run(request: gr.Request, checkpoint_name: str | None, prompt: str, negative: str, *values: Any):
+        request_obj = GenerationRequest(
+            mode="txt2img",
+            prompt=prompt or "",
+            negative_prompt=negative or "",
+            checkpoint=checkpoint_name or None,
+            **values_to_kwargs(values),
+        )
+        yield from result_updates(ctx, request_obj, session_of(request))
+
+    inputs = [checkpoint, prompts.prompt, prompts.negative_prompt, *panel.inputs()]
+    generate.click(run, inputs, out.outputs(), api_name="txt2img", concurrency_limit=None)
+    wire_job_controls(ctx, interrupt, skip)
+    panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)
+    return out
+
+
+def wire_job_controls(ctx: AppContext, interrupt: gr.Button, skip: gr.Button) -> None:
+    """Interrupt and Skip act on the caller's own job only (looked up by browser session)."""
+
+    def interrupt_own(request: gr.Request) -> None:
+        if job := ctx.jobs.get(session_of(request)):
+            job.interrupt()
+
+    def skip_own(request: gr.Request) -> None:
+        if job := ctx.jobs.get(session_of(request)):
+            job.skip()
+
+    interrupt.click(interrupt_own, None, None, api_visibility="private", queue=False)
+    skip.click(skip_own, None, None, api_visibility="private", queue=False)
