@@ -120,6 +120,12 @@ class HashCache:
             self._save()
         return digest.hexdigest()[:10]
 
+    def sha256(self, path: Path) -> str | None:
+        """The file's full SHA-256 hex digest, computed and cached like ``autov2``; None for folders."""
+        if self.autov2(path) is None:
+            return None
+        return self._entries[str(path.resolve())]["sha256"]
+
     def _save(self) -> None:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.cache_file.parent, prefix=".hashes-", suffix=".tmp")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.conditioning import ScheduledConditioning, encode_conditioning
 from pipelines.errors import EaselError
+from pipelines.hires import hires_infotext_params, hires_sampled_steps, hires_steps, second_pass_inputs
 from pipelines.infotext import format_infotext
 from pipelines.inpaint import (
     InpaintPlan,
@@ -25,10 +27,14 @@ from pipelines.inpaint import (
 from pipelines.jobs import Job
 from pipelines.manager import ActiveModel, PipelineManager
 from pipelines.masks import latent_fill, latent_mask_from_pixel_mask
+from pipelines.networks import NetworkFolders, NetworkLibrary, NetworkUse
 from pipelines.outputs import save_image
-from pipelines.prompts import PromptEncoder, pad_to_same_length
+from pipelines.prompts import PromptEncoder
+from pipelines.queue import GenerationQueue
 from pipelines.requests import MODE_FOLDERS, GenerationRequest, GenerationResult
 from pipelines.samplers import build_scheduler
+from pipelines.styles import StyleLibrary
+from pipelines.variations import variation_infotext_params, variation_noise
 
 log = logging.getLogger(__name__)
 VERSION = "easel-0.1"
@@ -40,6 +46,7 @@ class EngineSettings:
 
     preview_every: int = 1  # live preview every N steps; 0 disables
     save_outputs: bool = True
+    sd_vae: str | None = None  # A1111's global sd_vae: used when a request names no VAE (None: Automatic)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,10 +85,21 @@ def _strength(request: GenerationRequest) -> float:
 class Engine:
     """Owns the pipeline manager; turns validated requests into saved images."""
 
-    def __init__(self, manager: PipelineManager, outputs_dir: Path, settings: EngineSettings | None = None) -> None:
+    def __init__(
+        self,
+        manager: PipelineManager,
+        outputs_dir: Path,
+        settings: EngineSettings | None = None,
+        queue: GenerationQueue | None = None,
+        networks: NetworkLibrary | None = None,
+    ) -> None:
         self.manager = manager
         self.outputs_dir = outputs_dir
         self.settings = settings or EngineSettings()
+        folders = NetworkFolders.beside(manager.checkpoints_dir)
+        self.networks = networks or NetworkLibrary(folders, manager.hashes, manager.allow_pickle)
+        self.styles = StyleLibrary(self.networks.folders.styles)
+        self.queue = queue or GenerationQueue()  # shared by the UI and the API: one line per device
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _target_checkpoint(self, request: GenerationRequest) -> str:
@@ -97,29 +115,35 @@ class Engine:
         )
 
     def prompt_encoder(self, active: ActiveModel) -> PromptEncoder:
-        """One encoder per loaded model, kept with it."""
+        """One encoder per loaded model and state of the embeddings folder, kept with the model."""
+        embeddings = self.networks.embeddings.current()
         encoder = active.extra.get("prompt_encoder")
-        if encoder is None:
+        if encoder is None or active.extra.get("prompt_encoder_embeddings") is not embeddings:
             m = active.model
-            encoder = PromptEncoder(list(zip(m.tokenizers, m.text_encoders, strict=True)), encoder_kind(m.family))
+            pairs = list(zip(m.tokenizers, m.text_encoders, strict=True))
+            encoder = PromptEncoder(pairs, encoder_kind(m.family), embeddings.vectors)
             active.extra["prompt_encoder"] = encoder
+            active.extra["prompt_encoder_embeddings"] = embeddings
         return encoder
 
-    def _embeddings(self, active: ActiveModel, request: GenerationRequest) -> dict[str, torch.Tensor]:
-        encoder = self.prompt_encoder(active)
-        with torch.no_grad():
-            cond = encoder.encode(request.prompt, clip_skip=request.clip_skip)
-            uncond = encoder.encode(request.negative_prompt, clip_skip=request.clip_skip)
-        cond, uncond = pad_to_same_length(cond, uncond)
-        device, dtype = self.manager.device, self.manager.dtype
-        out = {
-            "prompt_embeds": cond.embeds.to(device, dtype),
-            "negative_prompt_embeds": uncond.embeds.to(device, dtype),
-        }
-        if active.model.is_sdxl:
-            out["pooled_prompt_embeds"] = cond.pooled.to(device, dtype)
-            out["negative_pooled_prompt_embeds"] = uncond.pooled.to(device, dtype)
-        return out
+    def _embeddings(
+        self, active: ActiveModel, request: GenerationRequest, hires: bool = False
+    ) -> ScheduledConditioning:
+        """Both prompts encoded per step of their [from:to:when] / [a|b] schedules (the hires pass: its own)."""
+        prompt, negative, steps = request.prompt, request.negative_prompt, request.steps
+        if hires:
+            prompt, negative = request.hr_prompt or prompt, request.hr_negative_prompt or negative
+            steps = hires_steps(request)
+        return encode_conditioning(
+            self.prompt_encoder(active),
+            prompt,
+            negative,
+            steps,
+            request.clip_skip,
+            self.manager.device,
+            self.manager.dtype,
+            active.model.is_sdxl,
+        )
 
     def infotext(
         self, request: GenerationRequest, active: ActiveModel, seed: int, extra: dict[str, object] | None = None
@@ -145,26 +169,55 @@ class Engine:
     def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Validate, switch model if asked, run every batch, save. Raises EaselError for bad input."""
         request = request.validated()
+        if request.vae is None and self.settings.sd_vae:
+            request = replace(request, vae=self.settings.sd_vae)
+        if request.styles:  # applied once, here: the result and infotext hold the styled prompts
+            prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
+            request = replace(request, prompt=prompt, negative_prompt=negative, styles=())
         job = job or Job()
         job.batch_total = request.batch_count
+        with self.queue.place(job) as place:  # EaselError when the line is full
+            if request.checkpoint:
+                self.manager.prepare(request.checkpoint)  # load from disk while waiting in line
+            if not self.queue.wait_turn(place):  # interrupted before its turn came
+                job.status = "interrupted"
+                return GenerationResult([], [], [], [], request, "", None, interrupted=True)
+            return self._generate_now(request, job)
+
+    def switch_checkpoint(self, name: str) -> ActiveModel:
+        """Make a checkpoint the active one, taking a turn in the queue like a generation (never mid-job)."""
+        self.manager.prepare(name)  # read from disk without holding anyone up
+        with self.queue.place(Job(), owner="model switch") as place:
+            self.queue.wait_turn(place)
+            return self.manager.activate(name)
+
+    def _generate_now(self, request: GenerationRequest, job: Job) -> GenerationResult:
+        """The job's turn on the device: with no checkpoint named, whatever is active now (as A1111)."""
         target = self._target_checkpoint(request)
         self.manager.prepare(target)  # slow disk load happens outside the device lock
         with self.manager.device_lock:
             job.status = "running"
             try:
                 active = self.manager.activate(target)
-                result = self._run(request, active, job)
+                device, dtype = self.manager.device, self.manager.dtype
+                with self.networks.applied(active, request, device, dtype) as worn:
+                    result = self._run(request, active, job, worn)
             except BaseException:
                 job.status = "failed"
                 raise
             job.status = "interrupted" if result.interrupted else "done"
             return result
 
-    def _run(self, request: GenerationRequest, active: ActiveModel, job: Job) -> GenerationResult:
+    def _run(
+        self, request: GenerationRequest, active: ActiveModel, job: Job, worn: NetworkUse | None = None
+    ) -> GenerationResult:
+        worn = worn or NetworkUse()
         embeds = self._embeddings(active, request)
+        self.networks.embedding_notes(self.prompt_encoder(active), request, worn)
         plan = prepare_inpaint(request) if request.mode == "inpaint" else None
         init = prepare_img2img(request) if request.mode == "img2img" else None
         extra = inpaint_infotext_params(request) if plan else img2img_infotext_params(request) if init else {}
+        extra = {**extra, **hires_infotext_params(request), **worn.infotext}
         images: list[Image.Image] = []
         seeds: list[int] = []
         infotexts: list[str] = []
@@ -183,7 +236,7 @@ class Engine:
             if plan is not None:
                 batch_images = [finish_inpaint(plan, image) for image in batch_images]
             for image, seed in zip(batch_images, batch_seeds, strict=True):
-                text = self.infotext(request, active, seed, extra)
+                text = self.infotext(request, active, seed, {**variation_infotext_params(request, seed), **extra})
                 if request.save and self.settings.save_outputs:
                     paths.append(save_image(image, self.outputs_dir, MODE_FOLDERS[request.mode], seed, text, when))
                 images.append(image)
@@ -199,6 +252,7 @@ class Engine:
             request,
             active.info.model_name,
             active.hash,
+            warnings=list(worn.warnings),
             interrupted=job.interrupted,
         )
 
@@ -206,7 +260,7 @@ class Engine:
     def _sampled_steps(request: GenerationRequest) -> int:
         """Steps the sampler really runs: img2img and inpaint run ``steps * denoising strength`` like A1111."""
         if request.mode == "txt2img":
-            return request.steps
+            return request.steps + (hires_sampled_steps(request) if request.enable_hr else 0)
         return request.steps - int(request.steps - request.steps * _strength(request))
 
     def _mode_inputs(
@@ -222,7 +276,10 @@ class Engine:
         inpaint_model = active.model.unet.config.in_channels == 9
         if request.mode == "txt2img":
             shape = (active.model.vae.config.latent_channels, request.height // 8, request.width // 8)
-            latents = initial_noise(seeds, shape).to(self.manager.device, self.manager.dtype)
+            subseeds = [request.subseed + (seed - request.seed) for seed in seeds]  # A1111: subseed + i too
+            resize_from = (request.seed_resize_from_w, request.seed_resize_from_h)
+            noise = variation_noise(seeds, shape, subseeds, request.subseed_strength, resize_from)
+            latents = noise.to(self.manager.device, self.manager.dtype)
             size = {"width": request.width, "height": request.height, "latents": latents}
             if inpaint_model:  # as A1111: a grey picture, all of it masked, full strength
                 grey = Image.new("RGB", (request.width, request.height), (127, 127, 127))
@@ -282,17 +339,45 @@ class Engine:
         self,
         request: GenerationRequest,
         active: ActiveModel,
-        embeds: dict[str, torch.Tensor],
+        embeds: ScheduledConditioning,
         seeds: list[int],
         job: Job,
         inputs: dict[str, Any],
     ) -> list[Image.Image]:
-        """One pipeline call for one batch, with progress, preview and interrupt wired to the job."""
-        scheduler = build_scheduler(active.model.scheduler_config, request.sampler, request.schedule_type)
-        pipe = self.manager.pipeline(inputs.pop("mode", request.mode), scheduler, active)
+        """One batch: the pipeline call, then the hires fix's second pass when asked; decoded images."""
+        latents = self._denoise(request, active, embeds, seeds, job, inputs)
+        if request.mode == "txt2img" and request.enable_hr and not job.interrupted:
+            hires_inputs = second_pass_inputs(request, active, latents, lambda x: decode_latents(active, x))
+            hires = replace(
+                request,
+                sampler=request.hr_sampler_name or request.sampler,
+                schedule_type=request.hr_scheduler or request.schedule_type,
+                steps=hires_steps(request),
+            )
+            embeds = self._embeddings(active, request, hires=True)
+            latents = self._denoise(hires, active, embeds, seeds, job, hires_inputs)
+        return decode_latents(active, latents)
+
+    def _denoise(
+        self,
+        request: GenerationRequest,
+        active: ActiveModel,
+        embeds: ScheduledConditioning,
+        seeds: list[int],
+        job: Job,
+        inputs: dict[str, Any],
+    ) -> torch.Tensor:
+        """One pipeline call for one batch, with progress, preview, interrupt and prompt editing wired in."""
+        scheduler = build_scheduler(
+            active.model.scheduler_config, request.sampler, request.schedule_type, noise_seed=seeds[0]
+        )
+        mode = inputs.pop("mode", request.mode)
+        pipe = self.manager.pipeline(mode, scheduler, active)
         pipe.set_progress_bar_config(disable=True)
         n = len(seeds)
-        batch_embeds = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.items()}
+        batch_embeds = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.pipeline_kwargs(0).items()}
+        strength = inputs.get("strength")
+        sampled = request.steps if strength is None else request.steps - int(request.steps - request.steps * strength)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         first_step = job.step
         every = self.settings.preview_every
@@ -304,6 +389,7 @@ class Engine:
                 job.offer_latents(kwargs["latents"], job.step, sdxl)
             if job.interrupted or job.take_skip():
                 pipeline._interrupt = True
+            kwargs.update(embeds.swap_after(pipeline, i, sampled, n))
             return kwargs
 
         with torch.no_grad():
@@ -315,5 +401,6 @@ class Engine:
                 generator=generators,
                 output_type="latent",
                 callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents", *embeds.callback_tensor_inputs()],
             )
-        return decode_latents(active, output.images)
+        return output.images

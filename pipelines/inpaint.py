@@ -55,7 +55,7 @@ def prepare_inpaint(request: GenerationRequest) -> InpaintPlan:
     if request.inpainting_mask_invert:
         mask = invert_mask(mask)
     if is_empty_mask(mask):
-        raise EaselError("The mask is empty: paint over the part of the picture you want to change.")
+        raise EaselError("The mask is empty: paint a mask first over the part of the picture you want to change.")
     blurred = blur_mask(mask, request.mask_blur)
     reach = _binary(blurred)  # everything the composite can take from the generated image
     source = fill_masked_area(original, reach) if request.inpainting_fill == 0 else original

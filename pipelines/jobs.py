@@ -26,6 +26,7 @@ class Job:
     started_at: float = field(default_factory=time.monotonic)
     preview_step: int = -1
     status: str = "queued"  # queued | running | done | failed | interrupted
+    queue_position: int | None = None  # jobs ahead of this one while it waits in line (kept by the queue)
     _interrupt: threading.Event = field(default_factory=threading.Event)
     _skip: threading.Event = field(default_factory=threading.Event)
     _latents: Any = None

@@ -49,6 +49,25 @@ class GenerationRequest:
     inpainting_fill: int = 1
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
+    # txt2img hires fix, named as A1111's API (denoising_strength above is the second pass's strength)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0  # 0: the same as steps
+    hr_sampler_name: str | None = None  # None: the same sampler
+    hr_scheduler: str | None = None  # None: the same schedule type
+    hr_prompt: str = ""  # empty: the same prompt
+    hr_negative_prompt: str = ""
+    # variation seed (txt2img), as A1111
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    # styles.csv names applied to the prompts, and a VAE from models/VAE (None or "Automatic": the checkpoint's)
+    styles: tuple[str, ...] = ()
+    vae: str | None = None
     extra_params: dict[str, object] = field(default_factory=dict)
 
     def validated(self) -> GenerationRequest:
@@ -84,8 +103,17 @@ class GenerationRequest:
             _check_range("Mask blur", self.mask_blur, 0, 64)
             _check_range("Masked content", self.inpainting_fill, 0, 3)
             _check_range("Only masked padding", self.inpaint_full_res_padding, 0, 256)
+        subseed = int(self.subseed) if self.subseed is not None else -1
+        if subseed == -1:
+            subseed = random.randint(0, MAX_SEED)
+        _check_range("Variation seed", subseed, 0, MAX_SEED)
+        _check_range("Variation strength", self.subseed_strength, 0, 1)
+        hires = _checked_hires(self) if self.enable_hr and self.mode == "txt2img" else {}
         return replace(
             self,
+            **hires,
+            subseed=subseed,
+            styles=tuple(self.styles or ()),
             sampler=sampler,
             schedule_type=match,
             seed=seed,
@@ -100,6 +128,36 @@ class GenerationRequest:
     @property
     def image_count(self) -> int:
         return self.batch_count * self.batch_size
+
+
+def _checked_hires(request: GenerationRequest) -> dict[str, object]:
+    """Hires fields made canonical (sampler names split as for the first pass) and checked."""
+    from pipelines.hires import check_hires
+
+    changes: dict[str, object] = {
+        "hr_scale": float(request.hr_scale),
+        "hr_resize_x": int(request.hr_resize_x or 0),
+        "hr_resize_y": int(request.hr_resize_y or 0),
+        "hr_second_pass_steps": int(request.hr_second_pass_steps or 0),
+    }
+    sampler = request.hr_sampler_name
+    if sampler and sampler not in ("Use same sampler",):
+        name, schedule = split_sampler_name(sampler)
+        changes["hr_sampler_name"] = name
+        if schedule and not request.hr_scheduler:
+            changes["hr_scheduler"] = schedule
+    else:
+        changes["hr_sampler_name"] = None
+    scheduler = changes.get("hr_scheduler", request.hr_scheduler)
+    if scheduler and scheduler != "Use same scheduler":
+        match = next((s for s in SCHEDULE_TYPES if s.lower() == str(scheduler).lower()), None)
+        if match is None:
+            raise EaselError(f"unknown hires schedule type '{scheduler}'; use one of {', '.join(SCHEDULE_TYPES)}")
+        changes["hr_scheduler"] = match
+    else:
+        changes["hr_scheduler"] = None
+    check_hires(replace(request, **changes))
+    return changes
 
 
 @dataclass

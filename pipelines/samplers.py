@@ -20,12 +20,19 @@ An explicit schedule clears the other sigma flags, so a model config that enable
 A sampler whose diffusers class cannot express a schedule raises EaselError rather than silently ignoring
 it. LCM keeps its own timestep schedule (evenly strided down from the last step, i.e. trailing-like), so it
 accepts Automatic, SGM Uniform and Simple only.
+
+Samplers follow A1111's settings where diffusers can: DPM++ multistep solvers take a first-order last step
+down to sigma 0 (as k-diffusion does), DDIM/PLMS/LCM never clip latents. UniPC uses bh2, order 2 (A1111's
+bh1 divides by zero on diffusers' final step to sigma 0). DPM-Solver multistep and UniPC get a one-method
+fix for runs whose first two timesteps coincide (see `_RunStartsAtFirstTimestep`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -209,11 +216,9 @@ def _schedule_overrides(sampler: str, schedule: str, parameters: frozenset[str])
 def supported_schedule_types(sampler: str) -> tuple[str, ...]:
     """The schedule types `build_scheduler` accepts for this sampler: what a UI dropdown should offer."""
     canonical, embedded = split_sampler_name(sampler)
-    if embedded is not None:
-        return (embedded,)
     parameters = _init_parameters(_scheduler_class(canonical))
     possible = []
-    for schedule in SCHEDULE_TYPES:
+    for schedule in SCHEDULE_TYPES if embedded is None else (embedded,):
         try:
             _schedule_overrides(canonical, schedule, parameters)
         except EaselError:
@@ -245,15 +250,26 @@ _NEEDS_FIRST_STEP_FIX = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler
 
 
 @functools.cache
-def _scheduler_class(sampler: str) -> type:
+def _diffusers_class(name: str) -> type:
+    """One class per diffusers name (cached, so isinstance and type checks stay stable across requests)."""
     import diffusers  # deferred: importing diffusers costs seconds, and infotext parsing needs only the names
 
-    name = _SPECS[sampler].class_name
     base = getattr(diffusers, name)
     if name not in _NEEDS_FIRST_STEP_FIX:
         return base
     # Same class name, so the scheduler's saved config still reads as the stock diffusers class.
     return type(name, (_RunStartsAtFirstTimestep, base), {"__module__": __name__, "__doc__": base.__doc__})
+
+
+def __getattr__(name: str) -> type:
+    """Expose the fixed classes by name, so pickle can find them, without importing diffusers up front."""
+    if name in _NEEDS_FIRST_STEP_FIX:
+        return _diffusers_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _scheduler_class(sampler: str) -> type:
+    return _diffusers_class(_SPECS[sampler].class_name)
 
 
 def build_scheduler(
@@ -291,4 +307,11 @@ def build_scheduler(
     config.update(_schedule_overrides(canonical, schedule, parameters))
     if noise_seed is not None and "noise_sampler_seed" in parameters:
         config["noise_sampler_seed"] = noise_seed
-    return cls.from_config(config)
+    return copy.deepcopy(_prototype(cls, json.dumps(config, sort_keys=True, default=str)))
+
+
+@functools.lru_cache(maxsize=256)
+def _prototype(cls: type, config_json: str) -> Any:
+    """A never-used scheduler per (class, config). Some constructors are slow (KDPM2's runs a 1000-step Python
+    loop, ~0.5 s); a deep copy of a fresh one is ~1 ms and has the same state as a new object."""
+    return cls.from_config(json.loads(config_json))

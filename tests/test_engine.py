@@ -33,6 +33,13 @@ def test_same_seed_gives_same_pixels_and_batch_uses_seed_plus_i(shared_engine) -
     assert not np.array_equal(pixels(other.images[0]), pixels(first.images[0]))
 
 
+@pytest.mark.parametrize("sampler", ["DPM++ SDE", "DPM2 a", "DPM++ 2M SDE", "Euler a"])
+def test_stochastic_samplers_are_reproducible_from_the_seed(shared_engine, sampler: str) -> None:
+    request = GenerationRequest(prompt="a boat", seed=11, sampler=sampler, save=False, **FAST)
+    first, again = shared_engine.generate(request), shared_engine.generate(request)
+    assert np.array_equal(pixels(first.images[0]), pixels(again.images[0]))
+
+
 def test_single_file_and_diffusers_folder_give_identical_pixels(shared_engine) -> None:
     base = {"prompt": "a lighthouse", "seed": 7, "save": False, **FAST}
     single = shared_engine.generate(GenerationRequest(checkpoint="tiny-sd1.safetensors", **base))

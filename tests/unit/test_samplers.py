@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+import pickle
 
 import pytest
 import torch
@@ -248,6 +250,14 @@ def test_unknown_sampler_lists_valid_names(name: str) -> None:
         split_sampler_name(name)
 
 
+def test_supported_schedule_types_for_combined_names() -> None:
+    assert supported_schedule_types("DPM++ 2M Karras") == ("Karras",)
+    assert supported_schedule_types("Euler a Karras") == ()
+    assert supported_schedule_types("DDIM") == ("Automatic", "Uniform", "SGM Uniform", "Simple")
+    assert supported_schedule_types("LCM") == ("Automatic", "SGM Uniform", "Simple")
+    assert supported_schedule_types("DPM++ 2M") == SCHEDULE_TYPES
+
+
 def test_combined_name_builds_its_schedule_and_rejects_a_conflict() -> None:
     scheduler = build_scheduler(SD15_CONFIG, "DPM++ 2M Karras")
     assert scheduler.config.use_karras_sigmas is True
@@ -274,3 +284,48 @@ def test_impossible_schedule_is_a_clear_error() -> None:
         build_scheduler(SD15_CONFIG, "Euler a", "Karras")
     with pytest.raises(EaselError, match="LCM"):
         build_scheduler(SD15_CONFIG, "LCM", "Karras")
+
+
+@pytest.mark.parametrize(
+    ("config_name", "sampler", "schedule", "steps"),
+    [
+        ("sd15", "DPM++ 2M", "Beta", 40),
+        ("sdxl", "UniPC", "Beta", 40),
+        ("zero-snr", "DPM++ 2M", "Karras", 25),
+        ("zero-snr", "DPM++ 3M SDE", "Exponential", 30),
+        ("zero-snr", "UniPC", "Beta", 4),
+    ],
+)
+def test_multistep_runs_start_at_step_zero_when_the_first_timesteps_repeat(
+    config_name: str, sampler: str, schedule: str, steps: int
+) -> None:
+    """Diffusers would start these at the second copy of the first timestep and fail with an IndexError."""
+    scheduler = build_scheduler(CONFIGS[config_name], sampler, schedule)
+    scheduler.set_timesteps(steps)
+    assert scheduler.timesteps[0] == scheduler.timesteps[1]  # the case being fixed
+    latents = _run(scheduler, steps)
+    assert torch.isfinite(latents).all()
+    assert scheduler.step_index == steps
+
+
+def test_fixed_multistep_classes_still_look_like_diffusers() -> None:
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    dpm = build_scheduler(SD15_CONFIG, "DPM++ 2M")
+    unipc = build_scheduler(SD15_CONFIG, "UniPC")
+    assert isinstance(dpm, DPMSolverMultistepScheduler) and isinstance(unipc, UniPCMultistepScheduler)
+    assert type(dpm).__name__ == "DPMSolverMultistepScheduler"
+    assert json.loads(dpm.to_json_string())["_class_name"] == "DPMSolverMultistepScheduler"
+    assert type(build_scheduler(SD15_CONFIG, "DPM++ 2M SDE")) is type(dpm)  # one class, not one per call
+    assert type(pickle.loads(pickle.dumps(dpm))) is type(dpm)
+
+
+def test_img2img_begin_index_is_still_honoured() -> None:
+    scheduler = build_scheduler(SD15_CONFIG, "DPM++ 2M", "Beta")
+    scheduler.set_timesteps(40)
+    scheduler.set_begin_index(10)
+    latents = torch.randn(1, 4, 8, 8)
+    for timestep in scheduler.timesteps[10:]:
+        latents = scheduler.step(torch.randn(1, 4, 8, 8), timestep, latents).prev_sample
+    assert scheduler.step_index == 40
+    assert torch.isfinite(latents).all()

@@ -1,0 +1,73 @@
+"""The generation queue: first come first served, bounded, positions visible, interrupt while waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pipelines.jobs import Job
+from pipelines.queue import GenerationQueue, QueueFullError
+
+
+def test_jobs_run_in_order_and_see_their_place() -> None:
+    queue = GenerationQueue(max_size=4)
+    order: list[int] = []
+    jobs = [Job() for _ in range(3)]
+    first_in = threading.Event()
+    release = threading.Event()
+
+    def worker(index: int) -> None:
+        with queue.place(jobs[index]) as place:
+            assert queue.wait_turn(place)
+            if index == 0:
+                first_in.set()
+                release.wait(5)
+            order.append(index)
+
+    threads = [threading.Thread(target=worker, args=(0,))]
+    threads[0].start()
+    assert first_in.wait(5)
+    for i in (1, 2):
+        threads.append(threading.Thread(target=worker, args=(i,)))
+        threads[-1].start()
+        while queue.position(jobs[i]) is None:
+            time.sleep(0.01)
+    assert [queue.position(j) for j in jobs] == [0, 1, 2]
+    assert [j.queue_position for j in jobs] == [0, 1, 2]
+    assert queue.running is jobs[0] and len(queue) == 3
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2]
+    assert len(queue) == 0 and queue.running is None
+    assert all(j.queue_position is None for j in jobs)
+
+
+def test_a_full_queue_refuses_more() -> None:
+    queue = GenerationQueue(max_size=1)
+    with queue.place(Job()), pytest.raises(QueueFullError, match="queue is full"), queue.place(Job()):
+        pass
+    with queue.place(Job()):  # the place was freed
+        pass
+
+
+def test_interrupt_while_waiting_leaves_the_line() -> None:
+    queue = GenerationQueue(max_size=2)
+    waiting = Job()
+    result: list[bool] = []
+    with queue.place(Job()) as head:
+        assert queue.wait_turn(head)
+
+        def wait() -> None:
+            with queue.place(waiting) as place:
+                result.append(queue.wait_turn(place))
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        while queue.position(waiting) is None:
+            time.sleep(0.01)
+        waiting.interrupt()
+        thread.join(5)
+    assert result == [False]
