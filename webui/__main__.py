@@ -12,6 +12,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from pipelines.errors import EaselError  # noqa: E402
 from webui.cli import parse_args  # noqa: E402
+from webui.security import security_from_args  # noqa: E402
 from webui.server import build_context, serve  # noqa: E402
 
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
+        args.security = security_from_args(args)  # refuse an unsafe exposure before loading anything
         ctx = build_context(args)
         serve(ctx, args)
     except EaselError as exc:

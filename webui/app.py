@@ -8,11 +8,17 @@ import gradio as gr
 
 from pipelines.errors import EaselError
 from webui.context import AppContext
+from webui.image_inputs import wire_send_buttons
+from webui.prompt_tools import wire_prompt_tools
+from webui.tabs.img2img import build_img2img_tab
+from webui.tabs.inpaint import build_inpaint_tab
+from webui.tabs.networks import build_vae_picker, wire_vae_picker
 from webui.tabs.png_info import build_png_info_tab
 from webui.tabs.settings import build_settings_tab
 from webui.tabs.txt2img import build_txt2img_tab
 
 CSS = (Path(__file__).parent / "style.css").read_text()
+SHORTCUTS_JS = (Path(__file__).parent / "shortcuts.js").read_text()
 
 
 def demo_banner(ctx: AppContext) -> str:
@@ -40,21 +46,29 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 allow_custom_value=True,
             )
             refresh = gr.Button("↻", elem_id="easel_refresh", scale=0, min_width=48)
+            vae = build_vae_picker(ctx)
             model_status = gr.Markdown(_model_status(ctx), elem_id="easel_model_status")
         banner = gr.Markdown(demo_banner(ctx), elem_id="easel_demo_banner")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                build_txt2img_tab(ctx, checkpoint)
+                txt2img_output = build_txt2img_tab(ctx, checkpoint)
+            with gr.Tab("img2img", id="img2img"):
+                img2img = build_img2img_tab(ctx, checkpoint)
+            with gr.Tab("Inpaint", id="inpaint"):
+                inpaint = build_inpaint_tab(ctx, checkpoint)
             with gr.Tab("PNG Info", id="png_info"):
                 build_png_info_tab()
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(ctx)
+        wire_send_buttons(tabs, [txt2img_output, img2img.output, inpaint.output], img2img.init_image, inpaint.editor)
+        wire_vae_picker(app, ctx, vae, refresh)
+        wire_prompt_tools(app, ctx, tabs, checkpoint)  # token counters, ↙ read parameters, PNG Info "Send to"
 
         def switch(name: str | None):
             if not name:
                 return gr.update(), gr.update()
             try:
-                ctx.engine.manager.activate(name)
+                ctx.engine.switch_checkpoint(name)
             except EaselError as exc:
                 raise gr.Error(str(exc)) from exc
             return _model_status(ctx), demo_banner(ctx)
@@ -86,16 +100,3 @@ def _model_status(ctx: AppContext) -> str:
     label = FAMILY_LABELS.get(active.family, active.family)
     hash_text = f" · `{active.hash}`" if active.hash else ""
     return f"{label}{hash_text} · {ctx.engine.manager.device.type}"
-
-
-def launch(app: gr.Blocks, host: str, port: int, **kwargs) -> None:
-    app.queue(default_concurrency_limit=1, max_size=64)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        css=CSS,
-        ssr_mode=False,
-        show_error=True,
-        footer_links=["settings"],
-        **kwargs,
-    )

@@ -52,6 +52,33 @@ def build_parser() -> argparse.ArgumentParser:
     server = parser.add_argument_group("server")
     server.add_argument("--port", type=int, default=7860, help="port to listen on")
     server.add_argument("--host", default="127.0.0.1", help="address to bind")
+    server.add_argument(
+        "--listen", action="store_true", help="bind 0.0.0.0 so the LAN can reach it (requires --auth or --auth-file)"
+    )
+    server.add_argument(
+        "--auth", action="append", default=[], metavar="USER:PASSWORD", help="a login for the UI and API (repeatable)"
+    )
+    server.add_argument(
+        "--auth-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="a file of user:password lines; refused when group or others can read it (chmod 600)",
+    )
+    server.add_argument(
+        "--insecure-no-auth", action="store_true", help="allow --listen without credentials (trusted networks only)"
+    )
+    server.add_argument(
+        "--allowed-hosts",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help="extra host names the server answers to (DNS names of this machine; IP addresses always work)",
+    )
+    server.add_argument("--no-api", action="store_true", help="do not serve the /sdapi/v1 REST API")
+    server.add_argument("--queue-size", type=int, default=32, help="generations that may wait or run at once")
+    server.add_argument("--max-upload-mb", type=float, default=50, help="largest request or upload accepted, in MB")
     return parser
 
 
@@ -59,4 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.ckpt_dir = args.ckpt_dir or args.models_dir / "Stable-diffusion"
     args.embeddings_dir = args.embeddings_dir or Path("embeddings")
+    if args.queue_size < 1:
+        build_parser().error("--queue-size must be at least 1")
     return args

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -27,6 +27,8 @@ PARAM_FIELDS = (
 class PromptBoxes:
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
+    read_parameters: gr.Button | None = None  # A1111's ↙: fill the fields from an infotext pasted in the prompt
+    token_counters: tuple[gr.HTML, gr.HTML] | None = None  # (prompt, negative); webui/prompt_tools.py updates them
 
 
 @dataclass
@@ -64,8 +66,16 @@ def build_prompt_boxes(tab: str) -> PromptBoxes:
     prompt = gr.Textbox(
         label="Prompt", lines=3, placeholder="Prompt (press Ctrl+Enter to generate)", elem_id=f"{tab}_prompt"
     )
+    counter = gr.HTML("", elem_id=f"{tab}_token_counter", elem_classes=["easel-token-counter"])
     negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="Negative prompt", elem_id=f"{tab}_neg_prompt")
-    return PromptBoxes(prompt, negative)
+    negative_counter = gr.HTML("", elem_id=f"{tab}_negative_token_counter", elem_classes=["easel-token-counter"])
+    read_parameters = gr.Button(
+        "↙ Read generation parameters from the prompt",
+        elem_id=f"{tab}_read_parameters",
+        size="sm",
+        variant="secondary",
+    )
+    return PromptBoxes(prompt, negative, read_parameters, (counter, negative_counter))
 
 
 def build_param_panel(tab: str, default_size: int = 512) -> ParamPanel:
@@ -96,6 +106,10 @@ def build_param_panel(tab: str, default_size: int = 512) -> ParamPanel:
     )
 
 
+SEND_TARGETS = {"img2img": "img2img", "inpaint": "inpaint"}
+"""Tabs a gallery image can be sent to (tab id -> button label); app.py wires the buttons."""
+
+
 @dataclass
 class OutputPanel:
     """Gallery, live preview, progress and the selected image's infotext."""
@@ -105,6 +119,7 @@ class OutputPanel:
     progress: gr.HTML
     infotext: gr.Textbox
     result_state: gr.State
+    send_buttons: dict[str, gr.Button] = field(default_factory=dict)  # target tab id -> "Send to ..." button
 
     def outputs(self) -> list[gr.components.Component]:
         return [self.gallery, self.preview, self.progress, self.infotext, self.result_state]
@@ -116,14 +131,25 @@ def build_output_panel(tab: str) -> OutputPanel:
         label="Live preview", visible=False, interactive=False, format="png", elem_id=f"{tab}_preview", height=320
     )
     gallery = gr.Gallery(
-        label="Output", format="png", columns=4, height=480, elem_id=f"{tab}_gallery", interactive=False
+        label="Output",
+        format="png",
+        columns=4,
+        height=480,
+        elem_id=f"{tab}_gallery",
+        interactive=False,
+        object_fit="contain",  # show the whole picture, whatever its aspect
     )
+    with gr.Row(elem_classes=["easel-send-row"]):
+        send_buttons = {
+            target: gr.Button(f"Send to {label}", elem_id=f"{tab}_send_to_{target}", size="sm")
+            for target, label in SEND_TARGETS.items()
+        }
     infotext = gr.Textbox(
         label="Generation parameters", lines=4, interactive=False, elem_id=f"{tab}_info", buttons=["copy"]
     )
     state = gr.State({"seeds": [], "infotexts": []})
     gallery.select(_show_selected, [state], [infotext, state], api_visibility="private", queue=False)
-    return OutputPanel(gallery, preview, progress, infotext, state)
+    return OutputPanel(gallery, preview, progress, infotext, state, send_buttons)
 
 
 def _show_selected(state: dict, evt: gr.SelectData) -> tuple[str, dict]:

@@ -52,7 +52,9 @@ def session_of(request: gr.Request | None) -> str:
 def progress_html(job: Job) -> str:
     """A progress bar with step count and ETA."""
     if job.status == "queued":
-        return "<div class='easel-progress'>Waiting for the GPU…</div>"
+        ahead = job.queue_position
+        where = f": {ahead} ahead of you" if ahead else (": you are next" if ahead == 0 else "")
+        return f"<div class='easel-progress'>Waiting in line{where}…</div>"
     percent = round(job.fraction * 100)
     eta = job.eta
     eta_text = f", ETA {eta:.0f}s" if eta is not None else ""

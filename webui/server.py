@@ -10,8 +10,12 @@ from pipelines.demo import ensure_demo_checkpoint
 from pipelines.devices import choose_device, choose_dtype
 from pipelines.generate import Engine
 from pipelines.manager import PipelineManager
-from webui.app import build_app, launch
+from pipelines.networks import NetworkFolders, NetworkLibrary
+from pipelines.queue import DEFAULT_QUEUE_SIZE, GenerationQueue
+from webui.app import CSS, SHORTCUTS_JS, build_app
+from webui.asgi import build_server_app, run_server
 from webui.context import AppContext
+from webui.security import security_from_args
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,18 @@ def build_context(args: argparse.Namespace) -> AppContext:
         args.ram_cache,
         args.allow_pickle,
     )
-    engine = Engine(manager, args.outputs_dir)
+    folders = NetworkFolders(
+        lora=args.models_dir / "Lora",
+        vae=args.models_dir / "VAE",
+        embeddings=args.embeddings_dir,
+        styles=args.models_dir.parent / "styles.csv",
+    )
+    engine = Engine(
+        manager,
+        args.outputs_dir,
+        queue=GenerationQueue(getattr(args, "queue_size", DEFAULT_QUEUE_SIZE)),
+        networks=NetworkLibrary(folders, manager.hashes, args.allow_pickle),
+    )
     ctx = AppContext(engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None)
     first = args.ckpt or _preferred(ctx)
     if first:
@@ -45,5 +60,8 @@ def _preferred(ctx: AppContext) -> str | None:
 
 
 def serve(ctx: AppContext, args: argparse.Namespace) -> None:
+    """UI and REST API on one port, behind one set of credentials; blocks until stopped."""
+    security = getattr(args, "security", None) or security_from_args(args)
     app = build_app(ctx)
-    launch(app, args.host, args.port)
+    server_app = build_server_app(ctx, app, args, security, css=CSS, js=SHORTCUTS_JS)
+    run_server(server_app, security, args.port, api_enabled=not getattr(args, "no_api", False))

@@ -30,5 +30,8 @@ def build_png_info_tab() -> None:
         )
         with gr.Column():
             text = gr.Textbox(label="Parameters", lines=8, interactive=False, buttons=["copy"], elem_id="png_info_text")
+            with gr.Row():
+                for tab, label in (("txt2img", "txt2img"), ("img2img", "img2img"), ("inpaint", "inpaint")):
+                    gr.Button(f"Send to {label}", elem_id=f"png_info_send_{tab}", size="sm")  # wired in prompt_tools
             fields = gr.JSON(label="Fields", elem_id="png_info_fields")
     image.change(read_png_info, image, [text, fields], api_name="png_info")

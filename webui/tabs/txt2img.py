@@ -18,6 +18,8 @@ from webui.components import (
 )
 from webui.context import AppContext
 from webui.runner import progress_html, session_of, stream_generation
+from webui.tabs.generation_extras import build_generation_extras
+from webui.tabs.networks import build_networks_panel, build_style_picker
 
 
 def result_updates(ctx: AppContext, request: GenerationRequest, job_session: str) -> Iterator[tuple[Any, ...]]:
@@ -33,6 +35,8 @@ def result_updates(ctx: AppContext, request: GenerationRequest, job_session: str
             note = "Interrupted: " if result.interrupted else ""
             done = f"<div class='easel-progress done'>{note}{len(result.images)} image(s) in {job.elapsed:.1f}s</div>"
             first = result.infotexts[0] if result.infotexts else ""
+            for warning in result.warnings:  # a missing LoRA or embedding: generated anyway, the user is told
+                gr.Warning(warning)
             yield result.images, gr.update(value=None, visible=False), done, first, state
     finally:
         ctx.jobs.finish(job_session, job)
@@ -47,9 +51,12 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm")
                 skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
+            styles = build_style_picker(ctx, "txt2img")
+    networks = build_networks_panel(ctx, "txt2img", prompts, styles)
     with gr.Row():
         with gr.Column(scale=1):
             panel = build_param_panel("txt2img")
+            extras = build_generation_extras("txt2img")
         with gr.Column(scale=1):
             out = build_output_panel("txt2img")
 
@@ -59,11 +66,14 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
             prompt=prompt or "",
             negative_prompt=negative or "",
             checkpoint=checkpoint_name or None,
-            **values_to_kwargs(values),
+            **values_to_kwargs(values[:n_params]),
+            **(values[n_params] or {}),
+            **(values[n_params + 1] or {}),
         )
         yield from result_updates(ctx, request_obj, session_of(request))
 
-    inputs = [checkpoint, prompts.prompt, prompts.negative_prompt, *panel.inputs()]
+    n_params = len(panel.inputs())
+    inputs = [checkpoint, prompts.prompt, prompts.negative_prompt, *panel.inputs(), extras.state, networks.state]
     generate.click(run, inputs, out.outputs(), api_name="txt2img", concurrency_limit=None)
     wire_job_controls(ctx, interrupt, skip)
     panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)

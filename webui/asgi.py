@@ -1,0 +1,124 @@
+"""One HTTP server for the UI and the REST API: FastAPI app, security middleware, API routes, Gradio on top.
+
+Order matters: the API routes are registered before Gradio is mounted at ``/`` (a mount at ``/`` shadows any
+route added after it), and the security middleware wraps everything, Gradio included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.routing import Mount
+
+from webui.api import ApiSettings, build_api_router, install_error_handlers, public_cmd_flags
+from webui.context import AppContext
+from webui.security import SecurityMiddleware, SecuritySettings, gradio_session_reader, is_loopback, lan_addresses
+
+log = logging.getLogger(__name__)
+
+
+def build_server_app(
+    ctx: AppContext,
+    blocks: gr.Blocks,
+    args: argparse.Namespace,
+    security: SecuritySettings,
+    css: str | None = None,
+    js: str | None = None,
+) -> FastAPI:
+    """The FastAPI app that serves everything; nothing is listening yet."""
+    api_enabled = not getattr(args, "no_api", False)
+    app = FastAPI(
+        title="Easel API",
+        description="AUTOMATIC1111-compatible REST API (/sdapi/v1). HTTP Basic auth when the server has credentials.",
+        docs_url="/docs" if api_enabled else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if api_enabled else None,
+    )
+    # A parent CORSMiddleware makes Gradio leave CORS to us; with no origins listed it grants none.
+    app.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
+    gradio_app: dict[str, Any] = {}
+    app.add_middleware(
+        SecurityMiddleware, settings=security, gradio_user=gradio_session_reader(lambda: gradio_app.get("app"))
+    )
+    if api_enabled:
+        install_error_handlers(app)
+        models_dir = Path(getattr(args, "models_dir", "models"))
+        api_settings = ApiSettings(
+            models_dir=models_dir,
+            embeddings_dir=Path(getattr(args, "embeddings_dir", None) or "embeddings"),
+            cmd_flags=public_cmd_flags(args),
+        )
+        app.include_router(build_api_router(ctx, api_settings))
+
+    queue_size = getattr(args, "queue_size", None) or ctx.engine.queue.max_size
+    blocks.queue(default_concurrency_limit=1, max_size=max(64, 2 * queue_size))
+    outputs = Path(ctx.engine.outputs_dir).resolve()
+    blocked = {Path(getattr(args, "models_dir", "models")).resolve()}
+    if getattr(args, "ckpt_dir", None):
+        blocked.add(Path(args.ckpt_dir).resolve())
+    gr.mount_gradio_app(
+        app,
+        blocks,
+        path="/",
+        server_name=security.host,
+        server_port=int(getattr(args, "port", 7860)),
+        footer_links=["settings"],
+        auth=security.credentials.as_gradio_auth(),
+        allowed_paths=[str(outputs)],
+        blocked_paths=[str(p) for p in blocked],
+        show_error=True,
+        max_file_size=security.max_upload_bytes,
+        ssr_mode=False,
+        css=css,
+        js=js,
+    )
+    gradio_app["app"] = next(r.app for r in app.routes if isinstance(r, Mount) and r.path in ("", "/"))
+    return app
+
+
+def reachable_urls(host: str, port: int) -> list[str]:
+    """Every URL the server answers at: loopback, and the LAN addresses when bound beyond it."""
+    urls = [f"http://127.0.0.1:{port}"]
+    if host in ("0.0.0.0", "::", ""):
+        urls += [f"http://{address}:{port}" for address in lan_addresses()]
+    elif not is_loopback(host):
+        urls = [f"http://{host}:{port}"]
+    return urls
+
+
+def banner(urls: list[str], security: SecuritySettings, api_enabled: bool) -> str:
+    lines = ["", "Easel is running. Open it at:"]
+    lines += [f"  {url}/" for url in urls]
+    if api_enabled:
+        lines.append(f"REST API (A1111-compatible): {urls[0]}/sdapi/v1  docs: {urls[0]}/docs")
+    if security.credentials:
+        lines.append(f"Login required ({len(security.credentials.users)} user(s)); API: HTTP Basic, same credentials.")
+    elif not is_loopback(security.host):
+        lines.append("WARNING: no login required (--insecure-no-auth): anyone on this network can use it.")
+    return "\n".join(lines) + "\n"
+
+
+def run_server(app: FastAPI, security: SecuritySettings, port: int, api_enabled: bool) -> None:
+    """Serve until stopped (Ctrl+C); prints the banner once the socket is listening."""
+    config = uvicorn.Config(
+        app, host=security.host, port=port, log_level="warning", timeout_graceful_shutdown=5, proxy_headers=False
+    )
+    server = uvicorn.Server(config)
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            print(banner(reachable_urls(security.host, port), security, api_enabled), flush=True)
+
+    threading.Thread(target=announce, name="easel-banner", daemon=True).start()
+    server.run()

@@ -1,0 +1,169 @@
+"""Prompt-side helpers wired once over the whole app: token counters, "read parameters" (↙) and PNG Info's
+"Send to txt2img / img2img / inpaint".
+
+UI plumbing only: infotext -> request fields is ``pipelines.infotext_request``. Widgets are found by their
+``elem_id`` (``<tab>_prompt``, ``<tab>_steps``, ...), the same convention every tab's builders follow, so a tab
+that adds a field with a known id gets pasted into without any change here.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from pipelines.errors import EaselError
+from pipelines.infotext import parse_infotext
+from pipelines.infotext_request import request_from_infotext, resolve_checkpoint
+from webui.context import AppContext
+
+TABS = ("txt2img", "img2img", "inpaint")
+# request field -> elem_id suffix of the widget showing it
+FIELD_IDS: dict[str, str] = {
+    "prompt": "prompt",
+    "negative_prompt": "neg_prompt",
+    "sampler": "sampler",
+    "schedule_type": "scheduler",
+    "steps": "steps",
+    "cfg_scale": "cfg_scale",
+    "width": "width",
+    "height": "height",
+    "seed": "seed",
+    "clip_skip": "clip_skip",
+    "denoising_strength": "denoising_strength",
+    "mask_blur": "mask_blur",
+    "inpaint_full_res_padding": "padding",
+    "enable_hr": "enable_hr",
+    "hr_scale": "hr_scale",
+    "hr_resize_x": "hr_resize_x",
+    "hr_resize_y": "hr_resize_y",
+    "hr_upscaler": "hr_upscaler",
+    "hr_second_pass_steps": "hr_steps",
+    "hr_prompt": "hr_prompt",
+    "hr_negative_prompt": "hr_neg_prompt",
+    "subseed": "subseed",
+    "subseed_strength": "subseed_strength",
+    "seed_resize_from_w": "seed_resize_from_w",
+    "seed_resize_from_h": "seed_resize_from_h",
+}
+
+
+def _by_id(app: gr.Blocks) -> dict[str, Any]:
+    return {block.elem_id: block for block in app.blocks.values() if getattr(block, "elem_id", None)}
+
+
+def token_counter_html(used: int, capacity: int) -> str:
+    over = " over" if used > 75 else ""
+    title = "tokens used / room in the 75-token chunks so far; longer prompts continue in another chunk"
+    return f"<div class='easel-token-counter{over}' title='{html.escape(title)}'>{used}/{capacity}</div>"
+
+
+def count_tokens(ctx: AppContext, text: str | None, steps: float | None = 20) -> str:
+    """The counter for one prompt box; empty when no model is loaded, never an error while the user types."""
+    active = ctx.engine.manager.active
+    if active is None:
+        return ""
+    try:
+        used, capacity = ctx.engine.prompt_encoder(active).count_tokens(text or "", int(steps or 20))
+    except (EaselError, ValueError):
+        return ""
+    return token_counter_html(used, capacity)
+
+
+def infotext_updates(
+    ctx: AppContext, text: str | None, fields: list[str], require_params: bool = True
+) -> tuple[list[Any], Any]:
+    """Widget updates (in ``fields`` order) and a checkpoint update for one infotext."""
+    text = (text or "").strip()
+    if not text:
+        raise gr.Error("Nothing to read: paste generation parameters (A1111 infotext) first.")
+    parsed_fields = parse_infotext(text)
+    if require_params and len(parsed_fields) <= 2:
+        raise gr.Error("No generation parameters found: the last line must hold 'Steps: ..., Sampler: ...' pairs.")
+    parsed = request_from_infotext(parsed_fields)
+    for key, why in parsed.skipped.items():
+        gr.Warning(f"'{key}' was not read: {why}")
+    updates = [gr.update(value=parsed.kwargs[name]) if name in parsed.kwargs else gr.update() for name in fields]
+    checkpoint: Any = gr.update()
+    if parsed.model_name or parsed.model_hash:
+        name = resolve_checkpoint(ctx.engine.manager.find, parsed.model_name, parsed.model_hash)
+        if name is None:
+            gr.Warning(f"Checkpoint '{parsed.model_name or parsed.model_hash}' is not here: keeping the current one.")
+        elif name != (ctx.active_name() or ""):
+            checkpoint = gr.update(value=name)
+    return updates, checkpoint
+
+
+def wire_prompt_tools(app: gr.Blocks, ctx: AppContext, tabs: gr.Tabs, checkpoint: gr.Dropdown) -> None:
+    """Call inside ``with app:`` after every tab is built."""
+    widgets = _by_id(app)
+    for tab in TABS:
+        prompt = widgets.get(f"{tab}_prompt")
+        if prompt is None:
+            continue
+        steps = widgets.get(f"{tab}_steps")
+        pairs = ((f"{tab}_prompt", f"{tab}_token_counter"), (f"{tab}_neg_prompt", f"{tab}_negative_token_counter"))
+        for box_id, counter_id in pairs:
+            box, counter = widgets.get(box_id), widgets.get(counter_id)
+            if box is not None and counter is not None:
+                inputs = [box, steps] if steps is not None else [box]
+                box.change(
+                    lambda text, n=20: count_tokens(ctx, text, n),
+                    inputs,
+                    counter,
+                    queue=False,
+                    show_progress="hidden",
+                    api_visibility="private",
+                )
+        names = [name for name in FIELD_IDS if f"{tab}_{FIELD_IDS[name]}" in widgets]
+        targets = [widgets[f"{tab}_{FIELD_IDS[name]}"] for name in names]
+        read_button = widgets.get(f"{tab}_read_parameters")
+        if read_button is not None:
+            read_button.click(
+                _reader(ctx, names),
+                [prompt],
+                [*targets, checkpoint],
+                queue=False,
+                api_visibility="private",
+            )
+        send = widgets.get(f"png_info_send_{tab}")
+        text = widgets.get("png_info_text")
+        if send is not None and text is not None:
+            image_target = widgets.get("img2img_image") if tab == "img2img" else widgets.get("inpaint_editor")
+            source = widgets.get("png_info_image")
+            outputs = [*targets, checkpoint, tabs]
+            inputs = [text]
+            with_image = tab != "txt2img" and image_target is not None and source is not None
+            if with_image:
+                outputs.append(image_target)
+                inputs.append(source)
+            sender = _sender(ctx, names, tab if with_image else "txt2img", tab)
+            send.click(sender, inputs, outputs, queue=False, api_visibility="private")
+
+
+def _reader(ctx: AppContext, names: list[str]) -> Callable[..., list[Any]]:
+    def read(text: str | None) -> list[Any]:
+        updates, checkpoint = infotext_updates(ctx, text, names)
+        return [*updates, checkpoint]
+
+    return read
+
+
+def _sender(ctx: AppContext, names: list[str], image_kind: str, tab: str) -> Callable[..., list[Any]]:
+    """``image_kind``: where the PNG Info image goes too (img2img's image, the inpaint editor), or txt2img: nowhere."""
+
+    def send(text: str | None, image: Any = None) -> list[Any]:
+        updates, checkpoint = infotext_updates(ctx, text, names)
+        out = [*updates, checkpoint, gr.Tabs(selected=tab)]
+        if image_kind == "img2img":
+            out.append(gr.update(value=image) if image is not None else gr.update())
+        elif image_kind == "inpaint":
+            if image is not None:
+                out.append(gr.update(value={"background": image, "layers": [], "composite": image}))
+            else:
+                out.append(gr.update())
+        return out
+
+    return send

@@ -1,0 +1,112 @@
+"""The img2img tab: an init image + prompt + parameters -> images in the gallery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from pipelines.masks import RESIZE_MODES
+from pipelines.requests import GenerationRequest
+from webui.components import (
+    OutputPanel,
+    build_output_panel,
+    build_param_panel,
+    build_prompt_boxes,
+    selected_seed,
+    values_to_kwargs,
+)
+from webui.context import AppContext
+from webui.image_inputs import read_image
+from webui.runner import session_of
+from webui.tabs.networks import build_networks_panel, build_style_picker
+from webui.tabs.txt2img import result_updates, wire_job_controls
+
+
+@dataclass
+class Img2ImgTab:
+    init_image: gr.Image
+    output: OutputPanel
+
+
+def build_generate_column(tab: str) -> tuple[gr.Button, gr.Button, gr.Button]:
+    """Generate, Interrupt and Skip, laid out as on the txt2img tab."""
+    generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", size="lg")
+    with gr.Row():
+        interrupt = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", size="sm")
+        skip = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm")
+    return generate, interrupt, skip
+
+
+def denoising_slider(tab: str) -> gr.Slider:
+    return gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{tab}_denoising_strength")
+
+
+def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
+    with gr.Row():
+        with gr.Column(scale=6):
+            prompts = build_prompt_boxes("img2img")
+        with gr.Column(scale=1, min_width=160):
+            generate, interrupt, skip = build_generate_column("img2img")
+            styles = build_style_picker(ctx, "img2img")
+    networks = build_networks_panel(ctx, "img2img", prompts, styles)
+    with gr.Row():
+        with gr.Column(scale=1):
+            init_image = gr.Image(
+                label="Image for img2img",
+                type="filepath",
+                image_mode=None,  # keep the file as uploaded; it is decoded (size-checked) in the handler
+                format="png",
+                sources=["upload", "clipboard"],
+                elem_id="img2img_image",
+                height=400,
+            )
+            resize_mode = gr.Radio(
+                list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize mode", elem_id="img2img_resize"
+            )
+            denoising = denoising_slider("img2img")
+            panel = build_param_panel("img2img")
+        with gr.Column(scale=1):
+            out = build_output_panel("img2img")
+
+    def run(
+        request: gr.Request,
+        checkpoint_name: str | None,
+        prompt: str,
+        negative: str,
+        image: str | None,
+        resize: int,
+        denoising_strength: float,
+        *values: Any,
+    ):
+        init = read_image(image, "image")
+        if init is None:
+            raise gr.Error("No image: upload or paste a picture first (or send one from a gallery).")
+        request_obj = GenerationRequest(
+            mode="img2img",
+            prompt=prompt or "",
+            negative_prompt=negative or "",
+            checkpoint=checkpoint_name or None,
+            init_image=init,
+            resize_mode=int(resize or 0),
+            denoising_strength=float(denoising_strength),
+            **values_to_kwargs(values[:-1]),
+            **(values[-1] or {}),  # the networks state: last, so the API's positional parameters stay as they were
+        )
+        yield from result_updates(ctx, request_obj, session_of(request))
+
+    inputs = [
+        checkpoint,
+        prompts.prompt,
+        prompts.negative_prompt,
+        init_image,
+        resize_mode,
+        denoising,
+        *panel.inputs(),
+        networks.state,
+    ]
+    generate.click(run, inputs, out.outputs(), api_name="img2img", concurrency_limit=None)
+    wire_job_controls(ctx, interrupt, skip)
+    panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)
+    return Img2ImgTab(init_image, out)

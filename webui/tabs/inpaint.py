@@ -1,0 +1,233 @@
+"""The Inpaint tab: paint a mask over a picture (or extend its canvas) and regenerate just that part.
+
+UI only. The mask comes from the editor's painted layers (or an uploaded black-and-white mask), the outpaint
+canvas from ``pipelines.outpaint``; everything else is ``Engine.generate`` through ``result_updates``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import gradio as gr
+
+from pipelines.errors import EaselError
+from pipelines.masks import MASKED_CONTENT, OUTPAINT_FILLS, OUTPAINT_MAX, OUTPAINT_STEP
+from pipelines.outpaint import outpaint_request
+from pipelines.requests import GenerationRequest
+from webui.components import (
+    OutputPanel,
+    build_output_panel,
+    build_param_panel,
+    build_prompt_boxes,
+    selected_seed,
+    values_to_kwargs,
+)
+from webui.context import AppContext
+from webui.image_inputs import editor_background, editor_mask, editor_value
+from webui.runner import session_of
+from webui.tabs.img2img import build_generate_column, denoising_slider
+from webui.tabs.networks import build_networks_panel, build_style_picker
+from webui.tabs.txt2img import result_updates, wire_job_controls
+
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+INPAINT_AREAS = ("Whole picture", "Only masked")
+OUTPAINT_SIDES = ("left", "right", "up", "down")
+BRUSH_COLOUR = "#ff00ff"  # one colour: the mask is where anything was painted, the colour only has to show
+BRUSH_SIZE = 24  # image pixels; the editor's brush-size slider changes it
+
+
+@dataclass
+class InpaintTab:
+    editor: gr.ImageEditor
+    output: OutputPanel
+
+
+def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
+    with gr.Row():
+        with gr.Column(scale=6):
+            prompts = build_prompt_boxes("inpaint")
+        with gr.Column(scale=1, min_width=160):
+            generate, interrupt, skip = build_generate_column("inpaint")
+            styles = build_style_picker(ctx, "inpaint")
+    networks = build_networks_panel(ctx, "inpaint", prompts, styles)
+    with gr.Row():
+        with gr.Column(scale=1):
+            editor = gr.ImageEditor(
+                label="Image: paint over what to change",
+                type="pil",
+                image_mode="RGBA",
+                format="png",
+                sources=["upload", "clipboard"],
+                brush=gr.Brush(
+                    colors=[BRUSH_COLOUR], default_color=BRUSH_COLOUR, color_mode="fixed", default_size=BRUSH_SIZE
+                ),
+                eraser=gr.Eraser(default_size=BRUSH_SIZE),
+                transforms=(),
+                layers=False,
+                elem_id="inpaint_editor",
+                height=520,
+            )
+            with gr.Accordion("Upload mask (replaces painting; white = change)", open=False):
+                mask_upload = gr.Image(
+                    label="Mask",
+                    type="filepath",
+                    image_mode=None,
+                    format="png",
+                    sources=["upload", "clipboard"],
+                    elem_id="inpaint_mask_upload",
+                    height=240,
+                )
+            with gr.Row():
+                mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="inpaint_mask_blur")
+                padding = gr.Slider(
+                    0, 256, value=32, step=4, label="Only masked padding, pixels", elem_id="inpaint_padding"
+                )
+            with gr.Row():
+                mask_mode = gr.Radio(
+                    list(MASK_MODES), value=MASK_MODES[0], type="index", label="Mask mode", elem_id="inpaint_mask_mode"
+                )
+                inpaint_area = gr.Radio(
+                    list(INPAINT_AREAS),
+                    value=INPAINT_AREAS[0],
+                    type="index",
+                    label="Inpaint area",
+                    elem_id="inpaint_area",
+                )
+            masked_content = gr.Radio(
+                list(MASKED_CONTENT),
+                value=MASKED_CONTENT[1],
+                type="index",
+                label="Masked content",
+                elem_id="inpaint_masked_content",
+            )
+            denoising = denoising_slider("inpaint")
+            with gr.Accordion("Outpaint", open=False, elem_id="outpaint_accordion"):
+                with gr.Row():
+                    sides = gr.CheckboxGroup(
+                        list(OUTPAINT_SIDES), value=["right"], label="Extend", elem_id="outpaint_sides"
+                    )
+                    pixels = gr.Slider(
+                        OUTPAINT_STEP,
+                        OUTPAINT_MAX,
+                        value=128,
+                        step=OUTPAINT_STEP,
+                        label="Pixels to add",
+                        elem_id="outpaint_pixels",
+                    )
+                with gr.Row():
+                    fill = gr.Radio(
+                        list(OUTPAINT_FILLS),
+                        value=OUTPAINT_FILLS[0],
+                        label="New area starts as",
+                        elem_id="outpaint_fill",
+                    )
+                    outpaint = gr.Button(
+                        "Outpaint", variant="primary", elem_id="outpaint_generate", scale=0, min_width=160
+                    )
+            panel = build_param_panel("inpaint")
+        with gr.Column(scale=1):
+            out = build_output_panel("inpaint")
+
+    def widget_request(
+        checkpoint_name: str | None,
+        prompt: str,
+        negative: str,
+        blur: float,
+        pad: float,
+        invert: int,
+        area: int,
+        content: int,
+        strength: float,
+        values: tuple[Any, ...],
+    ) -> GenerationRequest:
+        return GenerationRequest(
+            mode="inpaint",
+            prompt=prompt or "",
+            negative_prompt=negative or "",
+            checkpoint=checkpoint_name or None,
+            denoising_strength=float(strength),
+            mask_blur=int(blur),
+            inpaint_full_res_padding=int(pad),
+            inpainting_mask_invert=bool(invert),
+            inpaint_full_res=bool(area),
+            inpainting_fill=int(content if content is not None else 1),
+            **values_to_kwargs(values),
+        )
+
+    def run(
+        request: gr.Request,
+        checkpoint_name: str | None,
+        prompt: str,
+        negative: str,
+        image: dict | None,
+        uploaded_mask: str | None,
+        blur: float,
+        pad: float,
+        invert: int,
+        area: int,
+        content: int,
+        strength: float,
+        *values: Any,
+    ):
+        init = editor_background(image)
+        mask = editor_mask(image, uploaded_mask)
+        values, network_values = values[:-1], values[-1]  # the networks state comes last: the API keeps its order
+        base = widget_request(checkpoint_name, prompt, negative, blur, pad, invert, area, content, strength, values)
+        request_obj = replace(base, init_image=init, mask=mask, **(network_values or {}))
+        yield from result_updates(ctx, request_obj, session_of(request))
+
+    def run_outpaint(
+        request: gr.Request,
+        checkpoint_name: str | None,
+        prompt: str,
+        negative: str,
+        image: dict | None,
+        extend: list[str] | None,
+        amount: float,
+        fill_mode: str,
+        blur: float,
+        pad: float,
+        area: int,
+        strength: float,
+        *values: Any,
+    ) -> Iterator[tuple[Any, ...]]:
+        init = editor_background(image)
+        chosen = set(extend or [])
+        if not chosen:
+            raise gr.Error("Choose at least one side to extend (left, right, up or down).")
+        amounts = {side: int(amount) if side in chosen else 0 for side in OUTPAINT_SIDES}
+        values, network_values = values[:-1], values[-1]
+        base = widget_request(checkpoint_name, prompt, negative, blur, pad, 0, area, 1, strength, values)
+        try:
+            base = replace(base, init_image=init, **(network_values or {}))
+            request_obj = outpaint_request(base, **amounts, fill=fill_mode)
+        except EaselError as exc:
+            raise gr.Error(str(exc)) from exc
+        for update in result_updates(ctx, request_obj, session_of(request)):
+            images = update[0]
+            done = isinstance(images, list) and images
+            # the result becomes the editor's picture: outpaint again, or paint a mask on it, with no re-upload
+            yield (*update, editor_value(images[0]) if done else gr.update())
+
+    common = [checkpoint, prompts.prompt, prompts.negative_prompt, editor]
+    inpaint_inputs = [mask_upload, mask_blur, padding, mask_mode, inpaint_area, masked_content, denoising]
+    generate.click(
+        run,
+        [*common, *inpaint_inputs, *panel.inputs(), networks.state],
+        out.outputs(),
+        api_name="inpaint",
+        concurrency_limit=None,
+    )
+    outpaint_inputs = [sides, pixels, fill, mask_blur, padding, inpaint_area, denoising]
+    outpaint.click(
+        run_outpaint,
+        [*common, *outpaint_inputs, *panel.inputs(), networks.state],
+        [*out.outputs(), editor],
+        api_name="outpaint",
+        concurrency_limit=None,
+    )
+    wire_job_controls(ctx, interrupt, skip)
+    panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)
+    return InpaintTab(editor, out)
