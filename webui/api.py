@@ -608,7 +608,7 @@ def build_api_router(ctx: AppContext, settings: ApiSettings) -> APIRouter:
             "live_previews_enable": engine.settings.preview_every > 0,
             "show_progress_every_n_steps": engine.settings.preview_every,
             "sd_checkpoint_cache": manager.ram_cache_size or 0,
-            "sd_vae": "Automatic",
+            "sd_vae": engine.settings.sd_vae or "Automatic",
             "enable_pnginfo": True,
             "return_grid": False,
         }
@@ -621,6 +621,11 @@ def build_api_router(ctx: AppContext, settings: ApiSettings) -> APIRouter:
             if not isinstance(wanted, str) or not wanted.strip():
                 raise EaselError("sd_model_checkpoint must be a checkpoint title, file name or stem")
             engine.switch_checkpoint(wanted)
+        if "sd_vae" in options:
+            vae = options["sd_vae"]
+            if vae is not None and not isinstance(vae, str):
+                raise EaselError("sd_vae must be a VAE file name, or Automatic")
+            engine.settings.sd_vae = None if vae in (None, "", "Automatic", "None") else vae
         if "samples_save" in options:
             engine.settings.save_outputs = bool(options["samples_save"])
         if "show_progress_every_n_steps" in options:

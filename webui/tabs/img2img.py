@@ -13,14 +13,13 @@ from webui.components import (
     OutputPanel,
     build_output_panel,
     build_param_panel,
-    build_prompt_boxes,
     selected_seed,
     values_to_kwargs,
 )
 from webui.context import AppContext
 from webui.image_inputs import read_image
 from webui.runner import session_of
-from webui.tabs.networks import build_networks_panel, build_style_picker
+from webui.tabs.header import build_tab_header
 from webui.tabs.txt2img import result_updates, wire_job_controls
 
 
@@ -30,27 +29,19 @@ class Img2ImgTab:
     output: OutputPanel
 
 
-def build_generate_column(tab: str) -> tuple[gr.Button, gr.Button, gr.Button]:
-    """Generate, Interrupt and Skip, laid out as on the txt2img tab."""
-    generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", size="lg")
-    with gr.Row():
-        interrupt = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", size="sm")
-        skip = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm")
-    return generate, interrupt, skip
-
-
 def denoising_slider(tab: str) -> gr.Slider:
     return gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{tab}_denoising_strength")
 
 
 def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
-    with gr.Row():
-        with gr.Column(scale=6):
-            prompts = build_prompt_boxes("img2img")
-        with gr.Column(scale=1, min_width=160):
-            generate, interrupt, skip = build_generate_column("img2img")
-            styles = build_style_picker(ctx, "img2img")
-    networks = build_networks_panel(ctx, "img2img", prompts, styles)
+    header = build_tab_header(ctx, "img2img")
+    prompts, generate, interrupt, skip, networks = (
+        header.prompts,
+        header.generate,
+        header.interrupt,
+        header.skip,
+        header.networks,
+    )
     with gr.Row():
         with gr.Column(scale=1):
             init_image = gr.Image(

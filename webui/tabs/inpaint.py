@@ -20,15 +20,14 @@ from webui.components import (
     OutputPanel,
     build_output_panel,
     build_param_panel,
-    build_prompt_boxes,
     selected_seed,
     values_to_kwargs,
 )
 from webui.context import AppContext
 from webui.image_inputs import editor_background, editor_mask, editor_value
 from webui.runner import session_of
-from webui.tabs.img2img import build_generate_column, denoising_slider
-from webui.tabs.networks import build_networks_panel, build_style_picker
+from webui.tabs.header import build_tab_header
+from webui.tabs.img2img import denoising_slider
 from webui.tabs.txt2img import result_updates, wire_job_controls
 
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
@@ -45,13 +44,14 @@ class InpaintTab:
 
 
 def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
-    with gr.Row():
-        with gr.Column(scale=6):
-            prompts = build_prompt_boxes("inpaint")
-        with gr.Column(scale=1, min_width=160):
-            generate, interrupt, skip = build_generate_column("inpaint")
-            styles = build_style_picker(ctx, "inpaint")
-    networks = build_networks_panel(ctx, "inpaint", prompts, styles)
+    header = build_tab_header(ctx, "inpaint")
+    prompts, generate, interrupt, skip, networks = (
+        header.prompts,
+        header.generate,
+        header.interrupt,
+        header.skip,
+        header.networks,
+    )
     with gr.Row():
         with gr.Column(scale=1):
             editor = gr.ImageEditor(

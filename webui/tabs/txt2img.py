@@ -12,14 +12,13 @@ from webui.components import (
     OutputPanel,
     build_output_panel,
     build_param_panel,
-    build_prompt_boxes,
     selected_seed,
     values_to_kwargs,
 )
 from webui.context import AppContext
 from webui.runner import progress_html, session_of, stream_generation
 from webui.tabs.generation_extras import build_generation_extras
-from webui.tabs.networks import build_networks_panel, build_style_picker
+from webui.tabs.header import build_tab_header
 
 
 def result_updates(ctx: AppContext, request: GenerationRequest, job_session: str) -> Iterator[tuple[Any, ...]]:
@@ -43,16 +42,14 @@ def result_updates(ctx: AppContext, request: GenerationRequest, job_session: str
 
 
 def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
-    with gr.Row():
-        with gr.Column(scale=6):
-            prompts = build_prompt_boxes("txt2img")
-        with gr.Column(scale=1, min_width=160):
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", size="lg")
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm")
-                skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
-            styles = build_style_picker(ctx, "txt2img")
-    networks = build_networks_panel(ctx, "txt2img", prompts, styles)
+    header = build_tab_header(ctx, "txt2img")
+    prompts, generate, interrupt, skip, networks = (
+        header.prompts,
+        header.generate,
+        header.interrupt,
+        header.skip,
+        header.networks,
+    )
     with gr.Row():
         with gr.Column(scale=1):
             panel = build_param_panel("txt2img")
