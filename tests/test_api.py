@@ -314,3 +314,21 @@ def test_api_without_auth(models_dir: Path, tmp_path: Path) -> None:
         assert api.txt2img(prompt="x", width=64, height=64, seed=3).info["all_seeds"] == [3]
         assert requests.get(f"{url}/sdapi/v1/options", timeout=TIMEOUT).status_code == 200
         assert requests.get(f"{url}/sdapi/v1/options", headers={"Host": "evil.example"}).status_code == 421
+
+
+def test_infotext_field_fills_what_the_payload_leaves_unset(server) -> None:
+    url, _ = server
+    text = (
+        "a (glass:1.2) bird\nNegative prompt: blurry\n"
+        "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 4.5, Seed: 321, Size: 64x64, "
+        "Model: tiny-sd1, Clip skip: 2"
+    )
+    response = post(url, "txt2img", {"infotext": text, "steps": 2, "save_images": False})
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    fields = parse_infotext(info["infotexts"][0])
+    assert fields["Prompt"] == "a (glass:1.2) bird" and fields["Negative prompt"] == "blurry"
+    assert fields["Steps"] == "2"  # given explicitly: the payload wins
+    assert fields["Seed"] == "321" and fields["Size"] == "64x64" and fields["CFG scale"] == "4.5"
+    assert fields["Sampler"] == "DPM++ 2M" and fields["Schedule type"] == "Karras" and fields["Clip skip"] == "2"
+    assert fields["Model"] == "tiny-sd1"

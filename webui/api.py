@@ -30,6 +30,7 @@ from pipelines.devices import available_ram_bytes
 from pipelines.errors import EaselError
 from pipelines.generate import VERSION
 from pipelines.infotext import parse_infotext, read_image_parameters
+from pipelines.infotext_request import request_from_infotext, resolve_checkpoint
 from pipelines.jobs import Job
 from pipelines.masks import DEFAULT_MAX_UPLOAD_PIXELS, load_user_image
 from pipelines.queue import QueueFullError
@@ -333,7 +334,7 @@ def _decode(data: str, what: str, max_pixels: int) -> Image.Image:
 
 
 def to_generation_request(
-    req: _GenerationFields, mode: str, defaults: dict[str, Any], max_pixels: int
+    req: _GenerationFields, mode: str, defaults: dict[str, Any], max_pixels: int, find_checkpoint: Any = None
 ) -> GenerationRequest:
     """A1111 payload -> GenerationRequest (which validates ranges itself)."""
     _unsupported(req)
@@ -390,7 +391,31 @@ def to_generation_request(
             kwargs["inpaint_full_res"] = bool(_value(req.inpaint_full_res, True))
             kwargs["inpaint_full_res_padding"] = _value(req.inpaint_full_res_padding, 0)
             kwargs["inpainting_mask_invert"] = bool(req.inpainting_mask_invert)
+    if req.infotext:
+        kwargs = _fill_from_infotext(kwargs, req, req.infotext, find_checkpoint)
     return GenerationRequest(**kwargs)
+
+
+# GenerationRequest field -> the A1111 payload field that sets it, where the names differ
+_PAYLOAD_NAMES = {"sampler": "sampler_name", "schedule_type": "scheduler", "batch_count": "n_iter"}
+
+
+def _fill_from_infotext(
+    kwargs: dict[str, Any], req: _GenerationFields, infotext: str, find_checkpoint: Any
+) -> dict[str, Any]:
+    """A1111's ``infotext`` field: every field the payload left unset takes the infotext's value."""
+    parsed = request_from_infotext(infotext)
+    given = req.model_fields_set
+    merged = dict(kwargs)
+    for name, value in parsed.kwargs.items():
+        if name == "clip_skip":
+            if "CLIP_stop_at_last_layers" not in (req.override_settings or {}):
+                merged[name] = value
+        elif _PAYLOAD_NAMES.get(name, name) not in given:
+            merged[name] = value
+    if merged.get("checkpoint") is None and find_checkpoint is not None:
+        merged["checkpoint"] = resolve_checkpoint(find_checkpoint, parsed.model_name, parsed.model_hash)
+    return merged
 
 
 def generation_info(result: GenerationResult, req: _GenerationFields, timestamp: str) -> dict[str, Any]:
@@ -532,7 +557,7 @@ def build_api_router(ctx: AppContext, settings: ApiSettings) -> APIRouter:
         return checkpoint_title(active.info, active.hash) if active else None
 
     def run(req: _GenerationFields, mode: str) -> dict[str, Any]:
-        request = to_generation_request(req, mode, settings.options, settings.max_upload_pixels)
+        request = to_generation_request(req, mode, settings.options, settings.max_upload_pixels, manager.find)
         timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
         result = engine.generate(request, Job())
         images = []
