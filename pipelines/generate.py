@@ -77,6 +77,13 @@ def decode_latents(active: ActiveModel, latents: torch.Tensor) -> list[Image.Ima
     return [Image.fromarray(np.ascontiguousarray(a.permute(1, 2, 0).numpy()), "RGB") for a in arrays]
 
 
+def _ignored_fields(request: GenerationRequest) -> list[str]:
+    """Say so when a request carries a setting its mode does not use, rather than dropping it silently."""
+    if request.mode != "txt2img" and request.subseed_strength > 0:
+        return ["Variation seeds apply to txt2img only; this image used its seed alone."]
+    return []
+
+
 def _strength(request: GenerationRequest) -> float:
     """Denoising strength, raised so that at least one step runs (A1111 runs one step at strength 0 too)."""
     return min(1.0, max(request.denoising_strength, 1.0 / request.steps))
@@ -252,7 +259,7 @@ class Engine:
             request,
             active.info.model_name,
             active.hash,
-            warnings=list(worn.warnings),
+            warnings=[*worn.warnings, *_ignored_fields(request)],
             interrupted=job.interrupted,
         )
 

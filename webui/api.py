@@ -423,6 +423,7 @@ def generation_info(result: GenerationResult, req: _GenerationFields, timestamp:
     request = result.request
     n = len(result.seeds)
     return {
+        "warnings": result.warnings,  # Easel's addition: missing LoRAs/embeddings, settings the mode ignores
         "prompt": request.prompt,
         "all_prompts": [request.prompt] * n,
         "negative_prompt": request.negative_prompt,
