@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoints folder, if not <models-dir>/Stable-diffusion (point it at an A1111/Forge folder)",
     )
     models.add_argument(
-        "--embeddings-dir", type=Path, default=None, help="textual-inversion embeddings (default: embeddings/)"
+        "--embeddings-dir", type=Path, default=Path("embeddings"), help="textual-inversion embeddings"
     )
     models.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where generated images are saved")
     models.add_argument("--ckpt", default=None, help="checkpoint to load at start (name, file name or stem)")
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ram-cache",
         type=int,
         default=None,
-        help="checkpoints kept in RAM after switching away (default: as many as fit in half the free RAM)",
+        help="checkpoints kept in RAM after switching away (None: as many as fit in half the free RAM)",
     )
 
     server = parser.add_argument_group("server")
@@ -85,7 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.ckpt_dir = args.ckpt_dir or args.models_dir / "Stable-diffusion"
-    args.embeddings_dir = args.embeddings_dir or Path("embeddings")
     if args.queue_size < 1:
         build_parser().error("--queue-size must be at least 1")
     return args
