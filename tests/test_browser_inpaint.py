@@ -35,6 +35,11 @@ def picture(path: Path) -> Path:
     return path
 
 
+def wait_until_done(page, timeout_ms: int = 60_000) -> None:
+    """Wait for the tab's progress area to report the finished job (its final update has been applied)."""
+    page.locator("#inpaint_progress .easel-progress.done").wait_for(state="visible", timeout=timeout_ms)
+
+
 def wait_for_file(folder: Path, pattern: str, page, timeout_ms: int = 60_000) -> Path:
     for _ in range(timeout_ms // 250):
         found = sorted(folder.glob(pattern))
@@ -51,10 +56,19 @@ def test_paint_a_stroke_generate_and_only_the_stroke_changes(server, tmp_path: P
         page.goto(url)
         page.get_by_role("tab", name="Inpaint").click()
         editor = page.locator("#inpaint_editor")
+        zoom_label = editor.locator(".zoom-number span")
+        zoom_label.wait_for(timeout=30_000)
+        empty_zoom = zoom_label.inner_text().strip()  # the blank canvas's zoom
         editor.locator("input[type=file]").set_input_files(str(source))
         brush = editor.locator("button[aria-label=Brush]")
         brush.wait_for(timeout=30_000)
-        page.wait_for_timeout(500)  # let the canvas fit the picture
+        # the upload is in once the canvas has re-fitted to the small picture (a loaded machine takes a while)
+        page.wait_for_function(
+            "([el, before]) => el.innerText.trim() !== before",
+            arg=[zoom_label.element_handle(), empty_zoom],
+            timeout=30_000,
+        )
+        page.wait_for_timeout(500)
         zoom = float(editor.locator(".zoom-number span").inner_text().strip().rstrip("%")) / 100
         brush.click()
 
@@ -85,11 +99,13 @@ def test_paint_a_stroke_generate_and_only_the_stroke_changes(server, tmp_path: P
         pixels_box.wait_for(state="visible", timeout=10_000)
         page.wait_for_timeout(500)  # the accordion's content is rendered on first open
         set_number(page, "outpaint_pixels", 16)
-        page.wait_for_function("el => el.value === '16'", arg=pixels_box.element_handle(), timeout=10_000)
+        slider = page.locator("#outpaint_pixels input[type=range]").first
+        # the range input moves only once Gradio has taken the new value
+        page.wait_for_function("el => el.value === '16'", arg=slider.element_handle(), timeout=10_000)
         set_number(page, "inpaint_seed", 900)
         page.locator("#outpaint_generate").click()
         first = wait_for_file(outputs, "inpaint-images/*/*-900.png", page)
-        page.wait_for_timeout(1500)  # the result goes back into the editor
+        wait_until_done(page)  # the same update puts the result back into the editor
         set_number(page, "inpaint_seed", 901)
         page.locator("#outpaint_generate").click()
         second = wait_for_file(outputs, "inpaint-images/*/*-901.png", page)

@@ -27,9 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoints folder, if not <models-dir>/Stable-diffusion (point it at an A1111/Forge folder)",
     )
-    models.add_argument(
-        "--embeddings-dir", type=Path, default=Path("embeddings"), help="textual-inversion embeddings"
-    )
+    models.add_argument("--embeddings-dir", type=Path, default=Path("embeddings"), help="textual-inversion embeddings")
     models.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where generated images are saved")
     models.add_argument("--ckpt", default=None, help="checkpoint to load at start (name, file name or stem)")
     models.add_argument(

@@ -9,6 +9,7 @@ import gradio as gr
 
 from webui.components import PromptBoxes, build_prompt_boxes
 from webui.context import AppContext
+from webui.runner import session_of
 from webui.tabs.networks import build_networks_panel, build_style_picker
 
 
@@ -38,4 +39,20 @@ def build_tab_header(ctx: AppContext, tab: str) -> TabHeader:
             generate, interrupt, skip = build_generate_column(tab)
             styles = build_style_picker(ctx, tab)
     networks = build_networks_panel(ctx, tab, prompts, styles)
+    wire_job_controls(ctx, interrupt, skip)
     return TabHeader(prompts, generate, interrupt, skip, networks)
+
+
+def wire_job_controls(ctx: AppContext, interrupt: gr.Button, skip: gr.Button) -> None:
+    """Interrupt and Skip act on the caller's own job only (looked up by browser session)."""
+
+    def interrupt_own(request: gr.Request) -> None:
+        if job := ctx.jobs.get(session_of(request)):
+            job.interrupt()
+
+    def skip_own(request: gr.Request) -> None:
+        if job := ctx.jobs.get(session_of(request)):
+            job.skip()
+
+    interrupt.click(interrupt_own, None, None, api_visibility="private", queue=False)
+    skip.click(skip_own, None, None, api_visibility="private", queue=False)

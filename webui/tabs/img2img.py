@@ -20,7 +20,7 @@ from webui.context import AppContext
 from webui.image_inputs import read_image
 from webui.runner import session_of
 from webui.tabs.header import build_tab_header
-from webui.tabs.txt2img import result_updates, wire_job_controls
+from webui.tabs.txt2img import result_updates
 
 
 @dataclass
@@ -35,13 +35,7 @@ def denoising_slider(tab: str) -> gr.Slider:
 
 def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
     header = build_tab_header(ctx, "img2img")
-    prompts, generate, interrupt, skip, networks = (
-        header.prompts,
-        header.generate,
-        header.interrupt,
-        header.skip,
-        header.networks,
-    )
+    prompts, networks = header.prompts, header.networks
     with gr.Row():
         with gr.Column(scale=1):
             init_image = gr.Image(
@@ -97,7 +91,6 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
         *panel.inputs(),
         networks.state,
     ]
-    generate.click(run, inputs, out.outputs(), api_name="img2img", concurrency_limit=None)
-    wire_job_controls(ctx, interrupt, skip)
+    header.generate.click(run, inputs, out.outputs(), api_name="img2img", concurrency_limit=None)
     panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)
     return Img2ImgTab(init_image, out)

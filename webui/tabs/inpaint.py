@@ -28,7 +28,7 @@ from webui.image_inputs import editor_background, editor_mask, editor_value
 from webui.runner import session_of
 from webui.tabs.header import build_tab_header
 from webui.tabs.img2img import denoising_slider
-from webui.tabs.txt2img import result_updates, wire_job_controls
+from webui.tabs.txt2img import result_updates
 
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 INPAINT_AREAS = ("Whole picture", "Only masked")
@@ -45,13 +45,7 @@ class InpaintTab:
 
 def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
     header = build_tab_header(ctx, "inpaint")
-    prompts, generate, interrupt, skip, networks = (
-        header.prompts,
-        header.generate,
-        header.interrupt,
-        header.skip,
-        header.networks,
-    )
+    prompts, networks = header.prompts, header.networks
     with gr.Row():
         with gr.Column(scale=1):
             editor = gr.ImageEditor(
@@ -213,7 +207,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
 
     common = [checkpoint, prompts.prompt, prompts.negative_prompt, editor]
     inpaint_inputs = [mask_upload, mask_blur, padding, mask_mode, inpaint_area, masked_content, denoising]
-    generate.click(
+    header.generate.click(
         run,
         [*common, *inpaint_inputs, *panel.inputs(), networks.state],
         out.outputs(),
@@ -228,6 +222,5 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
         api_name="outpaint",
         concurrency_limit=None,
     )
-    wire_job_controls(ctx, interrupt, skip)
     panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)
     return InpaintTab(editor, out)

@@ -43,13 +43,7 @@ def result_updates(ctx: AppContext, request: GenerationRequest, job_session: str
 
 def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
     header = build_tab_header(ctx, "txt2img")
-    prompts, generate, interrupt, skip, networks = (
-        header.prompts,
-        header.generate,
-        header.interrupt,
-        header.skip,
-        header.networks,
-    )
+    prompts, networks = header.prompts, header.networks
     with gr.Row():
         with gr.Column(scale=1):
             panel = build_param_panel("txt2img")
@@ -71,22 +65,6 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
 
     n_params = len(panel.inputs())
     inputs = [checkpoint, prompts.prompt, prompts.negative_prompt, *panel.inputs(), extras.state, networks.state]
-    generate.click(run, inputs, out.outputs(), api_name="txt2img", concurrency_limit=None)
-    wire_job_controls(ctx, interrupt, skip)
+    header.generate.click(run, inputs, out.outputs(), api_name="txt2img", concurrency_limit=None)
     panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)
     return out
-
-
-def wire_job_controls(ctx: AppContext, interrupt: gr.Button, skip: gr.Button) -> None:
-    """Interrupt and Skip act on the caller's own job only (looked up by browser session)."""
-
-    def interrupt_own(request: gr.Request) -> None:
-        if job := ctx.jobs.get(session_of(request)):
-            job.interrupt()
-
-    def skip_own(request: gr.Request) -> None:
-        if job := ctx.jobs.get(session_of(request)):
-            job.skip()
-
-    interrupt.click(interrupt_own, None, None, api_visibility="private", queue=False)
-    skip.click(skip_own, None, None, api_visibility="private", queue=False)
