@@ -190,7 +190,24 @@ def build_from_state_dict(
     tokenizers = [
         load_clip_tokenizer("!" if spec.layout == "open_clip" else "<|endoftext|>") for spec in arch.text_encoders
     ]
-    return LoadedModel(arch.family, unet, vae, encoders, tokenizers, dict(arch.scheduler))
+    model = LoadedModel(arch.family, unet, vae, encoders, tokenizers, dict(arch.scheduler))
+    prefault(model.modules())
+    return model
+
+
+def prefault(modules: list[torch.nn.Module]) -> None:
+    """Read one value from every memory page of the weights once, at load time.
+
+    safetensors hands back memory-mapped tensors; untouched, a part only one mode uses (the VAE encoder, which
+    txt2img never runs) would be read from disk in the middle of a later generation, and memory use would grow
+    long after loading. Touching the pages costs no copy: RSS then shows the model's real footprint at once.
+    """
+    with torch.no_grad():
+        for module in modules:
+            for tensor in (*module.parameters(), *module.buffers()):
+                if tensor.device.type == "cpu" and tensor.numel():
+                    step = max(1, 4096 // tensor.element_size())
+                    tensor.reshape(-1)[::step].sum()
 
 
 def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
