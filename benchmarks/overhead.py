@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.checkpoints import HashCache  # noqa: E402
 from pipelines.devices import choose_device, choose_dtype  # noqa: E402
-from pipelines.generate import Engine, EngineSettings, initial_noise  # noqa: E402
+from pipelines.generate import Engine, EngineSettings  # noqa: E402
 from pipelines.manager import PipelineManager  # noqa: E402
 from pipelines.requests import GenerationRequest  # noqa: E402
 from pipelines.samplers import SAMPLERS, build_scheduler  # noqa: E402
 from pipelines.tiny_models import build_tiny_components, save_single_file  # noqa: E402
+from pipelines.variations import variation_noise  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -86,7 +87,7 @@ def main() -> None:
         scheduler = build_scheduler(active.model.scheduler_config, args.sampler)
         pipe = manager.pipeline("txt2img", scheduler, active)
         pipe.set_progress_bar_config(disable=True)
-        latents = initial_noise([seed], (4, args.size // 8, args.size // 8)).to(device, dtype)
+        latents = variation_noise([seed], (4, args.size // 8, args.size // 8)).to(device, dtype)
         pipe(
             prompt=prompt,
             negative_prompt=negative,

@@ -56,11 +56,6 @@ def encoder_kind(family: str) -> str:
     return "sdxl" if family.startswith("sdxl") else family[:3]
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
-    """Noise drawn on the CPU from each image's seed: the same request gives the same image on any device."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
-
-
 def decode_latents(active: ActiveModel, latents: torch.Tensor) -> list[Image.Image]:
     """VAE decode to RGB; fp16 VAEs that overflow (NaN) are upcast to fp32 once and the decode retried."""
     vae = active.model.vae
