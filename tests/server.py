@@ -22,10 +22,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(args: list[str], log_path: Path, timeout: float = 180.0) -> Iterator[str]:
+def running_server(
+    args: list[str], log_path: Path, timeout: float = 180.0, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Run ``python -m webui ARGS --port N`` and yield its base URL once it answers; stop it afterwards."""
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "webui", *args, "--port", str(port)],

@@ -26,7 +26,11 @@ def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     (outputs / "txt2img-images").mkdir(parents=True)
     (outputs / "txt2img-images" / "kept.png").write_bytes((ROOT / "webui" / "style.css").read_bytes())
     auth_file = write_auth_file(root)
-    args = server_args(models, outputs, "--auth-file", str(auth_file), "--allowed-hosts", "easel.lan,studio.local")
+    # every route is tried with a wrong password here; throttling them is tested in test_security_attacks.py
+    no_throttle = ["--login-free-failures", "1000", "--login-lockout-failures", "1000"]
+    args = server_args(
+        models, outputs, "--auth-file", str(auth_file), "--allowed-hosts", "easel.lan,studio.local", *no_throttle
+    )
     with running_server(args, root / "server.log") as url:
         yield url, models, outputs
 

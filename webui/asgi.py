@@ -21,7 +21,7 @@ from starlette.routing import Mount
 
 from webui.api import ApiSettings, build_api_router, install_error_handlers, public_cmd_flags
 from webui.context import AppContext
-from webui.security import SecurityMiddleware, SecuritySettings, gradio_session_reader, is_loopback, lan_addresses
+from webui.security import SecurityMiddleware, SecuritySettings, is_loopback, lan_addresses
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def build_server_app(
     app.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
     gradio_app: dict[str, Any] = {}
     app.add_middleware(
-        SecurityMiddleware, settings=security, gradio_user=gradio_session_reader(lambda: gradio_app.get("app"))
+        SecurityMiddleware, settings=security, gradio_tokens=lambda: getattr(gradio_app.get("app"), "tokens", None)
     )
     if api_enabled:
         install_error_handlers(app)
@@ -82,7 +82,19 @@ def build_server_app(
         js=js,
     )
     gradio_app["app"] = next(r.app for r in app.routes if isinstance(r, Mount) and r.path in ("", "/"))
+    check_file_payloads(blocks)
     return app
+
+
+def check_file_payloads(blocks: gr.Blocks) -> None:
+    """Turn on Gradio's own check of file paths in event payloads, for every event at once.
+
+    Gradio checks each FileData path an event receives (only files uploaded to its cache are accepted as inputs;
+    outputs must come from ``allowed_paths``, never ``blocked_paths``) but only once ``has_launched`` is set,
+    which ``launch()`` does and ``mount_gradio_app`` does not. Without it any logged-in user could name any
+    server path in an event payload and get a copy of the file back.
+    """
+    blocks.has_launched = True
 
 
 def reachable_urls(host: str, port: int) -> list[str]:

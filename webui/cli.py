@@ -77,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--no-api", action="store_true", help="do not serve the /sdapi/v1 REST API")
     server.add_argument("--queue-size", type=int, default=32, help="generations that may wait or run at once")
     server.add_argument("--max-upload-mb", type=float, default=50, help="largest request or upload accepted, in MB")
+    server.add_argument(
+        "--session-days", type=float, default=7.0, help="a UI login lasts this long, then the login page shows again"
+    )
+    server.add_argument(
+        "--login-free-failures",
+        type=int,
+        default=5,
+        metavar="N",
+        help="wrong passwords an address may send before each next try must wait (doubling from 1 s)",
+    )
+    server.add_argument(
+        "--login-lockout-failures",
+        type=int,
+        default=10,
+        metavar="N",
+        help="wrong passwords within 15 minutes that lock an address out for 15 minutes",
+    )
     return parser
 
 
@@ -85,4 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.ckpt_dir = args.ckpt_dir or args.models_dir / "Stable-diffusion"
     if args.queue_size < 1:
         build_parser().error("--queue-size must be at least 1")
+    if args.session_days <= 0 or not args.login_free_failures >= 1 or args.login_lockout_failures < 1:
+        build_parser().error("--session-days, --login-free-failures and --login-lockout-failures must be positive")
     return args

@@ -19,15 +19,23 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import socket
 import stat
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipelines.errors import EaselError
+from webui.login_guard import LoginThrottle, SessionBook, ThrottlePolicy, password_digest
+
+log = logging.getLogger("easel.security")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -37,6 +45,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Any]
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 DEFAULT_MAX_UPLOAD_MB = 50
+DEFAULT_SESSION_DAYS = 7.0
+SPOOL_IN_MEMORY_BYTES = 1024 * 1024  # chunked bodies are held in memory up to this, then on disk
+STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOGIN_PATHS = frozenset({"/login", "/login/"})
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"SAMEORIGIN"),
@@ -109,12 +121,65 @@ def write_auth_file(path: Path, pairs: Iterable[tuple[str, str]]) -> None:
 
 @dataclass
 class Credentials:
-    """user -> password; compared in constant time."""
+    """user -> password; compared in constant time. Password files named in ``files`` are re-read when they
+    change (looked at no more than every ``RELOAD_EVERY_S``), so a password can be changed without a restart
+    and the sessions made with the old one end (see ``login_guard.SessionBook``)."""
 
     users: dict[str, str] = field(default_factory=dict)
+    inline: list[tuple[str, str]] = field(default_factory=list)  # from --auth, kept across reloads
+    files: list[Path] = field(default_factory=list)
+    _stamp: tuple = field(default=(), repr=False)
+    _looked_at: float = field(default=0.0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    RELOAD_EVERY_S = 2.0
+
+    @classmethod
+    def from_sources(cls, inline: list[tuple[str, str]], files: list[Path]) -> Credentials:
+        """Credentials from ``--auth`` pairs and ``--auth-file`` files (EaselError when a file is unusable)."""
+        creds = cls(inline=list(inline), files=list(files))
+        creds.users = creds._read()
+        creds._stamp = creds._file_stamp()
+        return creds
 
     def __bool__(self) -> bool:
         return bool(self.users)
+
+    def refresh(self) -> None:
+        """Re-read the password files if they changed; a file that became unusable keeps the old logins."""
+        now = time.monotonic()
+        if not self.files or now - self._looked_at < self.RELOAD_EVERY_S:
+            return
+        with self._lock:
+            self._looked_at = now
+            stamp = self._file_stamp()
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                users = self._read()
+            except EaselError as exc:
+                log.error("password file changed but cannot be used, keeping the previous logins: %s", exc)
+                return
+            changed = sorted(u for u in set(users) | set(self.users) if users.get(u) != self.users.get(u))
+            self.users = users
+            log.warning("password file reloaded; logins changed for: %s", ", ".join(changed) or "nobody")
+
+    def _read(self) -> dict[str, str]:
+        pairs = list(self.inline)
+        for path in self.files:
+            pairs.extend(read_auth_file(path))
+        return dict(pairs)
+
+    def _file_stamp(self) -> tuple:
+        stamps = []
+        for path in self.files:
+            try:
+                info = path.stat()
+                stamps.append((info.st_mtime_ns, info.st_size, info.st_ino, info.st_mode))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
 
     def check(self, user: str, password: str) -> bool:
         ok = False
@@ -124,8 +189,13 @@ class Credentials:
             ok |= same_user and same_password
         return ok
 
-    def check_basic_header(self, header: str | None) -> bool | None:
-        """None when there is no Basic header, else whether it names a known user with the right password."""
+    def digest(self, user: str) -> bytes | None:
+        """A fingerprint of the user's current password (None for an unknown user)."""
+        password = self.users.get(user)
+        return None if password is None else password_digest(user, password)
+
+    def basic_user(self, header: str | None) -> tuple[str, str] | None:
+        """The (user, password) of a Basic header, or None when there is none or it is not Basic."""
         if not header:
             return None
         scheme, _, value = header.partition(" ")
@@ -134,12 +204,20 @@ class Credentials:
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False
+            return ("", "")
         user, sep, password = decoded.partition(":")
-        return bool(sep) and self.check(user, password)
+        return (user, password) if sep else (user, "")
 
-    def as_gradio_auth(self) -> list[tuple[str, str]] | None:
-        return list(self.users.items()) or None
+    def check_basic_header(self, header: str | None) -> bool | None:
+        """None when there is no Basic header, else whether it names a known user with the right password."""
+        pair = self.basic_user(header)
+        if pair is None:
+            return None
+        return bool(pair[0]) and bool(pair[1]) and self.check(*pair)
+
+    def as_gradio_auth(self) -> Callable[[str, str], bool] | None:
+        """Gradio's login form checks through us, so a reloaded password file applies to it too."""
+        return self.check if self.users else None
 
 
 # -- the command line's security settings -------------------------------------------------------------------
@@ -150,6 +228,8 @@ class SecuritySettings:
     allowed_hosts: frozenset[str] = frozenset()
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
     insecure_no_auth: bool = False
+    throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
+    session_max_age_s: float = DEFAULT_SESSION_DAYS * 86400
 
 
 def is_loopback(host: str) -> bool:
@@ -165,18 +245,23 @@ def is_loopback(host: str) -> bool:
 def security_from_args(args: Any) -> SecuritySettings:
     """Credentials from --auth / --auth-file, and the refusal to expose an open server to the network."""
     pairs = [parse_credential(text) for text in getattr(args, "auth", None) or []]
-    for path in getattr(args, "auth_file", None) or []:
-        pairs.extend(read_auth_file(Path(path)))
+    files = [Path(path) for path in getattr(args, "auth_file", None) or []]
     host = "0.0.0.0" if getattr(args, "listen", False) else getattr(args, "host", "127.0.0.1")
+    defaults = ThrottlePolicy()
     settings = SecuritySettings(
         host=host,
-        credentials=Credentials(dict(pairs)),
+        credentials=Credentials.from_sources(pairs, files),
         allowed_hosts=frozenset(
             name.strip().lower() for entry in getattr(args, "allowed_hosts", None) or [] for name in entry.split(",")
         )
         - {""},
         max_upload_bytes=int(getattr(args, "max_upload_mb", DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024),
         insecure_no_auth=bool(getattr(args, "insecure_no_auth", False)),
+        throttle=ThrottlePolicy(
+            free_failures=_given(getattr(args, "login_free_failures", None), defaults.free_failures),
+            lockout_failures=_given(getattr(args, "login_lockout_failures", None), defaults.lockout_failures),
+        ),
+        session_max_age_s=float(getattr(args, "session_days", DEFAULT_SESSION_DAYS)) * 86400,
     )
     if not is_loopback(host) and not settings.credentials and not settings.insecure_no_auth:
         raise EaselError(
@@ -185,6 +270,10 @@ def security_from_args(args: Any) -> SecuritySettings:
             "or pass --insecure-no-auth if this network is yours alone."
         )
     return settings
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else int(value)
 
 
 # -- this machine's names ---------------------------------------------------------------------------------
@@ -238,91 +327,229 @@ def _is_ip_literal(host: str) -> bool:
 
 # -- the middleware ---------------------------------------------------------------------------------------
 class SecurityMiddleware:
-    """Host check, upload limit, authentication and response headers for every HTTP request."""
+    """Host check, cross-site check, upload limit, authentication with throttling, and response headers."""
 
     def __init__(
         self,
         app: ASGIApp,
         settings: SecuritySettings,
-        gradio_user: Callable[[Scope], str | None] | None = None,
+        gradio_tokens: Callable[[], dict[str, str] | None] | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
-        self.gradio_user = gradio_user
+        self.gradio_tokens = gradio_tokens or (lambda: None)
         self.hosts = machine_names() | set(settings.allowed_hosts)
+        self.throttle = LoginThrottle(settings.throttle)
+        self.sessions = SessionBook(settings.session_max_age_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        host = headers.get("host")
-        if host is not None and not self.host_allowed(host):
-            await _json(
-                send,
-                421,
-                "MisdirectedRequest",
-                f"unknown host name {split_host_header(host)!r}; start Easel with --allowed-hosts NAME to allow it",
-            )
+        refusal = self.refusal(scope, headers)
+        if refusal is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await _json(send, *refusal)
             return
         if scope["type"] == "websocket":
-            if self.settings.credentials and not self.authenticated(scope, headers):
-                await send({"type": "websocket.close", "code": 1008})
-                return
             await self.app(scope, receive, send)
             return
-
-        length = headers.get("content-length")
         limit = self.settings.max_upload_bytes
-        if length is not None:
-            if not length.isdigit():
-                await _json(send, 400, "BadRequest", "invalid Content-Length")
-                return
-            if int(length) > limit:
+        if "content-length" not in headers and scope["method"] in STATE_CHANGING_METHODS:
+            receive = await _spooled(receive, limit)
+            if receive is None:
                 await _json(send, 413, "PayloadTooLarge", f"the request is larger than the {limit:,} bytes allowed")
                 return
-        if self.settings.credentials:
-            verdict = self.settings.credentials.check_basic_header(headers.get("authorization"))
-            public = self.is_public(scope["path"], scope["method"])
-            if verdict is False or (not public and not verdict and not self.gradio_session(scope)):
-                challenge = verdict is False or scope["path"].startswith(CHALLENGE_PREFIXES)
-                await _json(
-                    send,
-                    401,
-                    "Unauthorized",
-                    "wrong user name or password" if verdict is False else "log in first (HTTP Basic or login page)",
-                    {b"www-authenticate": b'Basic realm="Easel", charset="UTF-8"'} if challenge else None,
-                )
-                return
-        await self.app(scope, _limited(receive, limit), _with_headers(send))
+        send = _with_headers(send, https=scope.get("scheme") in ("https", "wss"), max_age=self.cookie_max_age)
+        if scope["method"] == "POST" and scope["path"] in LOGIN_PATHS and self.settings.credentials:
+            send = self._watch_login(scope, send)
+        await self.app(scope, _limited(receive, limit), send)
+
+    @property
+    def cookie_max_age(self) -> int:
+        return int(self.settings.session_max_age_s)
+
+    def refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[Any, ...] | None:
+        """Why this request is refused before it reaches the app (status, error, detail[, headers]), or None."""
+        host = headers.get("host")
+        if host is not None and not self.host_allowed(host):
+            name = split_host_header(host)
+            return (
+                421,
+                "MisdirectedRequest",
+                f"unknown host name {name!r}; start Easel with --allowed-hosts NAME to allow it",
+            )
+        method = scope.get("method", "GET")
+        if (scope["type"] == "websocket" or method in STATE_CHANGING_METHODS) and not self.same_origin(scope, headers):
+            return 403, "Forbidden", "cross-site request refused: this action must come from Easel's own page"
+        if scope["type"] == "http":
+            length = headers.get("content-length")
+            if length is not None and not length.isdigit():
+                return 400, "BadRequest", "invalid Content-Length"
+            if length is not None and int(length) > self.settings.max_upload_bytes:
+                limit = self.settings.max_upload_bytes
+                return 413, "PayloadTooLarge", f"the request is larger than the {limit:,} bytes allowed"
+        credentials = self.settings.credentials
+        if not credentials:
+            return None
+        credentials.refresh()
+        address = client_address(scope)
+        logged_in = self.session_user(scope, headers) is not None
+        basic = credentials.basic_user(headers.get("authorization"))
+        is_login = method == "POST" and scope["path"] in LOGIN_PATHS
+        if basic is not None or is_login:
+            wait = self.throttle.wait_for(address)
+            if wait > 0:
+                self.throttle.failed(address, basic[0] if basic else "", checked=False)
+                wait = self.throttle.wait_for(address)
+                retry = str(max(1, round(wait)))
+                detail = f"too many wrong passwords from {address}; try again in {retry} s"
+                return 429, "TooManyRequests", detail, {b"retry-after": retry.encode()}
+        if basic is not None:
+            if credentials.check(*basic) and basic[1]:
+                self.throttle.succeeded(address)
+                return None
+            self.throttle.failed(address, basic[0])
+            return 401, "Unauthorized", "wrong user name or password", _CHALLENGE
+        if logged_in or self.is_public(scope["path"], method):
+            return None
+        challenge = _CHALLENGE if scope["path"].startswith(CHALLENGE_PREFIXES) else None
+        return 401, "Unauthorized", "log in first (HTTP Basic or login page)", challenge
 
     def host_allowed(self, header: str) -> bool:
         host = split_host_header(header)
         return _is_ip_literal(host) or host in self.hosts
 
     @staticmethod
+    def same_origin(scope: Scope, headers: dict[str, str]) -> bool:
+        """Whether a browser says this request comes from a page of this server (Origin, else Referer).
+
+        Clients that are not browsers send neither header and pass: they hold no ambient cookie to abuse.
+        """
+        source = headers.get("origin")
+        if source is None:
+            source = headers.get("referer")
+            if source is None:
+                return True
+        return origin_of(source) == own_origin(scope, headers)
+
+    @staticmethod
     def is_public(path: str, method: str) -> bool:
-        if method not in ("GET", "HEAD") and path not in ("/login", "/login/"):
+        if method not in ("GET", "HEAD") and path not in LOGIN_PATHS:
             return False
         return path in PUBLIC_EXACT or path.startswith(PUBLIC_PREFIXES)
 
-    def authenticated(self, scope: Scope, headers: dict[str, str]) -> bool:
-        return bool(self.settings.credentials.check_basic_header(headers.get("authorization"))) or bool(
-            self.gradio_session(scope)
-        )
+    def session_user(self, scope: Scope, headers: dict[str, str]) -> str | None:
+        """The user of a valid Gradio login cookie; stale ones are forgotten here and in Gradio."""
+        tokens = self.gradio_tokens()
+        if tokens is None:
+            return None
+        user = None
+        for name, token in _cookies(headers.get("cookie", "")).items():
+            if name.startswith("access-token-") and token:
+                found = self.sessions.user_of(token, tokens, self.settings.credentials.digest)
+                user = user or found
+        return user
 
-    def gradio_session(self, scope: Scope) -> str | None:
-        return self.gradio_user(scope) if self.gradio_user else None
+    def _watch_login(self, scope: Scope, send: Send) -> Send:
+        """Counts the login form's answers: a new session is booked, a wrong password is throttled."""
+        address = client_address(scope)
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status == 200:
+                    self._book_login(message)
+                    self.throttle.succeeded(address)
+                elif status in (400, 401):
+                    self.throttle.failed(address)
+            await send(message)
+
+        return watched
+
+    def _book_login(self, start: Message) -> None:
+        tokens = self.gradio_tokens() or {}
+        for key, value in start.get("headers", []):
+            if key.lower() != b"set-cookie":
+                continue
+            name, _, rest = value.decode("latin-1").partition("=")
+            token = rest.split(";", 1)[0].strip().strip('"')
+            user = tokens.get(token)
+            if name.startswith("access-token-") and user is not None:
+                digest = self.settings.credentials.digest(user)
+                if digest is not None:
+                    self.sessions.add(token, user, digest)
+
+
+_CHALLENGE = {b"www-authenticate": b'Basic realm="Easel", charset="UTF-8"'}
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a URL, with the scheme's default port; None for ``null`` or garbage."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
+
+
+def own_origin(scope: Scope, headers: dict[str, str]) -> tuple[str, str, int] | None:
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    host = headers.get("host")
+    if not host:
+        server = scope.get("server")
+        if not server:
+            return None
+        host = f"[{server[0]}]:{server[1]}" if ":" in str(server[0]) else f"{server[0]}:{server[1]}"
+    return origin_of(f"{scheme}://{host}")
 
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
-def _with_headers(send: Send) -> Send:
+def harden_cookie(value: bytes, https: bool, max_age: int) -> bytes:
+    """A Set-Cookie value made SameSite=Strict and HttpOnly, Secure only under TLS, with an expiry.
+
+    Gradio sets its login cookie SameSite=None (sent along with cross-site form posts) and without an expiry.
+    """
+    name_value, *attributes = value.decode("latin-1").split(";")
+    kept = [a.strip() for a in attributes if a.strip().split("=")[0].lower() not in _COOKIE_RULED]
+    kept += ["HttpOnly", "SameSite=Strict"]
+    deleted = any(a.strip().lower() in ("max-age=0", "max-age=-1") for a in attributes)
+    if not deleted and name_value.strip().startswith("access-token-"):
+        kept.append(f"Max-Age={max_age}")
+    elif deleted:
+        kept.append("Max-Age=0")
+    if https:
+        kept.append("Secure")
+    return "; ".join([name_value.strip(), *kept]).encode("latin-1")
+
+
+_COOKIE_RULED = frozenset({"samesite", "httponly", "secure", "max-age"})
+
+
+def _with_headers(send: Send, https: bool = False, max_age: int = int(DEFAULT_SESSION_DAYS * 86400)) -> Send:
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
-            kept = [(k, v) for k, v in message.get("headers", []) if not k.lower().startswith(b"access-control-allow")]
+            kept = []
+            for key, value in message.get("headers", []):
+                name = key.lower()
+                if name.startswith(b"access-control-allow"):
+                    continue
+                kept.append((key, harden_cookie(value, https, max_age) if name == b"set-cookie" else value))
             names = {k.lower() for k, _ in kept}
             kept += [(k, v) for k, v in SECURITY_HEADERS if k not in names]
             message = {**message, "headers": kept}
@@ -332,7 +559,7 @@ def _with_headers(send: Send) -> Send:
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
-    """Counts body bytes of requests without Content-Length (chunked); past the limit the client is cut off."""
+    """Counts body bytes as they arrive; past the limit the client is cut off."""
     seen = 0
 
     async def wrapped() -> Message:
@@ -347,6 +574,59 @@ def _limited(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
+async def _spooled(receive: Receive, limit: int) -> Receive | None:
+    """Reads a body of unknown length (chunked) before the app sees any of it; None when it is over ``limit``.
+
+    An app that finds the client gone halfway through an upload leaves its temporary files behind and answers
+    500; reading first lets the server answer 413 and keep nothing (the spool deletes itself).
+    """
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115 (closed by the replay)
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            spool.close()
+            return _replay(None, message, receive)
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            spool.close()
+            return None
+        spool.write(body)
+        more = message.get("more_body", False)
+    spool.seek(0)
+    return _replay(spool, None, receive)
+
+
+def _replay(spool: Any, final: Message | None, receive: Receive) -> Receive:
+    chunk_size = 256 * 1024
+    done = False
+
+    async def replayed() -> Message:
+        nonlocal done
+        if final is not None:
+            return final
+        if done:
+            return await receive()
+        data = spool.read(chunk_size)
+        more = bool(data) and spool.tell() < _size(spool)
+        if not more:
+            done = True
+            spool.close()
+        return {"type": "http.request", "body": data, "more_body": more}
+
+    return replayed
+
+
+def _size(spool: Any) -> int:
+    position = spool.tell()
+    spool.seek(0, 2)
+    end = spool.tell()
+    spool.seek(position)
+    return end
+
+
 async def _json(
     send: Send, status: int, error: str, detail: str, extra_headers: dict[bytes, bytes] | None = None
 ) -> None:
@@ -355,25 +635,6 @@ async def _json(
     headers += list((extra_headers or {}).items())
     await _with_headers(send)({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def gradio_session_reader(gradio_app_getter: Callable[[], Any]) -> Callable[[Scope], str | None]:
-    """A function that names the user of a Gradio login cookie (None when absent or unknown)."""
-
-    def user_of(scope: Scope) -> str | None:
-        gradio_app = gradio_app_getter()
-        if gradio_app is None:
-            return None
-        cookie_id = getattr(gradio_app, "cookie_id", None)
-        tokens = getattr(gradio_app, "tokens", {})
-        cookies = _cookies(_headers(scope).get("cookie", ""))
-        for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"):
-            token = cookies.get(name)
-            if token and token in tokens:
-                return tokens[token]
-        return None
-
-    return user_of
 
 
 def _cookies(header: str) -> dict[str, str]:
