@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pipelines.errors import EaselError
-from pipelines.loader import PICKLE_SUFFIXES, load_state_dict
+from pipelines.loader import PICKLE_SUFFIXES, load_pickle_weights, load_state_dict
 
 log = logging.getLogger(__name__)
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -51,10 +51,7 @@ def _read(path: Path, allow_pickle: bool) -> Vectors:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise EaselError("pickle file: start Easel with --allow-pickle to use it (loaded weights-only)")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a bad or unsafe pickle
-            raise EaselError(f"could not be read weights-only ({type(exc).__name__})") from exc
+        data = load_pickle_weights(path)
         if not isinstance(data, dict):
             raise EaselError("holds no tensors")
         return embedding_vectors(data)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from pipelines.tokenizers import load_clip_tokenizer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 @dataclass
@@ -74,10 +77,7 @@ def load_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
                 f"{path.name} is a pickle file, which can run code when loaded. Convert it to .safetensors, "
                 "or start Easel with --allow-pickle to load it (weights only)."
             )
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a bad pickle
-            raise EaselError(f"{path.name}: could not be read as a weights-only checkpoint ({exc})") from exc
+        data = load_pickle_weights(path)
         data = data.get("state_dict", data) if isinstance(data, dict) else data
         if not isinstance(data, dict):
             raise EaselError(f"{path.name}: holds no state dict")
@@ -86,6 +86,34 @@ def load_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise EaselError(f"{path.name}: not a readable .safetensors file ({exc})") from exc
+
+
+def load_pickle_weights(path: Path) -> Any:
+    """A pickle file's contents, read weights-only; refusals and read errors said in Easel's words.
+
+    torch's own message advises ``weights_only=False`` (running the file's code), with ANSI codes: never the advice
+    to give. A pickle that names a function or class beyond plain tensors and containers needs code execution to
+    load, and Easel does not run code from model files, whatever ``--allow-pickle`` says.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = _PICKLED_GLOBAL.search(str(exc))
+        if named is not None:
+            raise EaselError(
+                f"{path.name} was refused: loading it would run code it names ({named.group(1)}), and Easel never "
+                "runs code from model files. Use a .safetensors copy of it (most models are published as one)."
+            ) from None
+        raise EaselError(_unreadable_pickle(path)) from None
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise EaselError(_unreadable_pickle(path)) from exc
+
+
+def _unreadable_pickle(path: Path) -> str:
+    return (
+        f"{path.name} could not be read: it is damaged or not a PyTorch checkpoint. Easel never runs code from "
+        "model files, so a pickle it cannot read as plain weights is refused; a .safetensors copy of it will load."
+    )
 
 
 def _load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype, what: str) -> None:
