@@ -218,6 +218,10 @@ class _NoParse(Exception):
     """A bracket group that is not valid schedule syntax."""
 
 
+MAX_BRACKET_DEPTH = 64
+"""Deepest nesting of ``[`` / ``(`` groups a prompt schedule may have. The parser recurses once per level, so an
+unbounded depth (1000 ``[``) overflowed Python's stack; no prompt written by a person nests anywhere near this."""
+
 _PLAIN = re.compile(r"[^\\\[\]():|]+")
 _NUMBER_THEN_CLOSE = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*\]")
 
@@ -232,6 +236,7 @@ class _ScheduleParser:
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self._depth = 0
 
     def parse(self) -> list[_Node] | None:
         text, nodes, position = self.text, [], 0
@@ -282,6 +287,19 @@ class _ScheduleParser:
         return self.text[position] if position < len(self.text) else ""
 
     def _group(self, position: int) -> tuple[list[_Node], int]:
+        """One bracket group; the depth bound keeps the recursion (and the re-scans after a failed group) small."""
+        self._depth += 1
+        try:
+            if self._depth > MAX_BRACKET_DEPTH:
+                raise EaselError(
+                    f"The prompt's brackets are nested more than {MAX_BRACKET_DEPTH} deep (at character "
+                    f"{position + 1}). Close some of them, or write literal brackets as \\( \\[."
+                )
+            return self._group_body(position)
+        finally:
+            self._depth -= 1
+
+    def _group_body(self, position: int) -> tuple[list[_Node], int]:
         opening = self.text[position]
         first, position = self._sequence(position + 1)
         char = self._at(position)
