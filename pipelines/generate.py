@@ -33,7 +33,7 @@ from pipelines.prompts import PromptEncoder
 from pipelines.queue import GenerationQueue
 from pipelines.requests import MODE_FOLDERS, GenerationRequest, GenerationResult
 from pipelines.samplers import build_scheduler
-from pipelines.styles import StyleLibrary
+from pipelines.styles import StyleLibrary, StylesFileError
 from pipelines.variations import variation_infotext_params, variation_noise
 
 log = logging.getLogger(__name__)
@@ -95,13 +95,17 @@ class Engine:
         queue: GenerationQueue | None = None,
         networks: NetworkLibrary | None = None,
     ) -> None:
+        # ``is None``, never ``or``: an empty GenerationQueue has length 0 and is falsy, and ``queue or ...`` once
+        # replaced the caller's (--queue-size) queue with a default one.
         self.manager = manager
         self.outputs_dir = outputs_dir
-        self.settings = settings or EngineSettings()
-        folders = NetworkFolders.beside(manager.checkpoints_dir)
-        self.networks = networks or NetworkLibrary(folders, manager.hashes, manager.allow_pickle)
+        self.settings = EngineSettings() if settings is None else settings
+        if networks is None:
+            folders = NetworkFolders.beside(manager.checkpoints_dir)
+            networks = NetworkLibrary(folders, manager.hashes, manager.allow_pickle)
+        self.networks = networks
         self.styles = StyleLibrary(self.networks.folders.styles)
-        self.queue = queue or GenerationQueue()  # shared by the UI and the API: one line per device
+        self.queue = GenerationQueue() if queue is None else queue  # shared by the UI and the API: one line per device
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _target_checkpoint(self, request: GenerationRequest) -> str:
@@ -173,18 +177,33 @@ class Engine:
         request = request.validated()
         if request.vae is None and self.settings.sd_vae:
             request = replace(request, vae=self.settings.sd_vae)
-        if request.styles:  # applied once, here: the result and infotext hold the styled prompts
-            prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
-            request = replace(request, prompt=prompt, negative_prompt=negative, styles=())
-        job = job or Job()
+        request, notes = self._styled(request)
+        job = Job() if job is None else job
         job.batch_total = request.batch_count
         with self.queue.place(job) as place:  # EaselError when the line is full
             if request.checkpoint:
                 self.manager.prepare(request.checkpoint)  # load from disk while waiting in line
             if not self.queue.wait_turn(place):  # interrupted before its turn came
                 job.status = "interrupted"
-                return GenerationResult([], [], [], [], request, "", None, interrupted=True)
-            return self._generate_now(request, job)
+                return GenerationResult([], [], [], [], request, "", None, warnings=notes, interrupted=True)
+            result = self._generate_now(request, job)
+        result.warnings[:0] = notes
+        return result
+
+    def _styled(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
+        """Styles applied once, here (the result and infotext hold the styled prompts), and what the user must know.
+
+        A styles file that cannot be read is the server's problem, not this request's: the image is made without the
+        styles and a warning says why, as for a missing LoRA. A style name the file lacks is still an error.
+        """
+        if not request.styles:
+            return request, []
+        try:
+            prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
+        except StylesFileError as exc:
+            names = ", ".join(repr(name) for name in request.styles)
+            return replace(request, styles=()), [f"{exc} Generated without the styles {names}."]
+        return replace(request, prompt=prompt, negative_prompt=negative, styles=()), []
 
     def switch_checkpoint(self, name: str) -> ActiveModel:
         """Make a checkpoint the active one, taking a turn in the queue like a generation (never mid-job)."""
@@ -213,7 +232,7 @@ class Engine:
     def _run(
         self, request: GenerationRequest, active: ActiveModel, job: Job, worn: NetworkUse | None = None
     ) -> GenerationResult:
-        worn = worn or NetworkUse()
+        worn = NetworkUse() if worn is None else worn
         embeds = self._embeddings(active, request)
         self.networks.embedding_notes(self.prompt_encoder(active), request, worn)
         plan = prepare_inpaint(request) if request.mode == "inpaint" else None

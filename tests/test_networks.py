@@ -405,6 +405,20 @@ def test_styles_file_round_trips_and_applies_in_the_engine(net_engine: Engine, t
         net_engine.generate(GenerationRequest(prompt="a cat", styles=("nope",), **FAST))
 
 
+def test_a_broken_styles_file_warns_and_generates_without_styles(
+    net_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stray quote in styles.csv made every request that used styles fail with csv.Error (a 500 from the API)."""
+    broken = tmp_path / "styles.csv"
+    text = 'name,prompt,negative_prompt\nfancy,masterpiece {prompt},\nbroken,"oil {prompt},\nplain,x,\n'
+    broken.write_text(text)
+    monkeypatch.setattr(net_engine, "styles", StyleLibrary(broken))
+    result = net_engine.generate(GenerationRequest(prompt="a cat", seed=1, styles=("fancy",), **FAST))
+    assert len(result.images) == 1 and parse_infotext(result.infotexts[0])["Prompt"] == "a cat"
+    assert any("styles.csv, line 3" in w and "without the styles 'fancy'" in w for w in result.warnings)
+    assert broken.read_text() == text
+
+
 # -- round trips --------------------------------------------------------------------------------------------------
 LONG = ", ".join(f"word{i} detail" for i in range(60))
 

@@ -42,6 +42,12 @@ def style_names(ctx: AppContext) -> list[str]:
         return []
 
 
+def styles_problem(ctx: AppContext) -> str:
+    """Why styles.csv was skipped, shown under the styles picker and in the networks note ("" when it is fine)."""
+    problem = ctx.engine.styles.problem()
+    return f"⚠️ {problem}" if problem else ""
+
+
 def vae_choices(ctx: AppContext) -> list[str]:
     return [AUTOMATIC_VAE, *ctx.engine.networks.vae_files()]
 
@@ -53,10 +59,12 @@ def _samples(names: list[str]) -> list[list[str]]:
 def _folders_note(ctx: AppContext) -> str:
     folders = ctx.engine.networks.folders
     loras, embeddings = ctx.engine.networks.lora_files(), ctx.engine.networks.embedding_files()
-    return (
+    note = (
         f"LoRA: {len(loras)} in `{folders.lora}` · embeddings: {len(embeddings)} in `{folders.embeddings}` · "
         f"styles in `{folders.styles}`. Click one to add it to the prompt, again to take it out."
     )
+    problem = styles_problem(ctx)
+    return f"{note}\n\n{problem}" if problem else note
 
 
 @dataclass
@@ -68,7 +76,13 @@ class NetworksPanel:
 def build_style_picker(ctx: AppContext, tab: str) -> gr.Dropdown:
     """The styles multiselect, for the column beside the prompts (as A1111 places it)."""
     return gr.Dropdown(
-        style_names(ctx), value=[], multiselect=True, label="Styles", elem_id=f"{tab}_styles", interactive=True
+        style_names(ctx),
+        value=[],
+        multiselect=True,
+        label="Styles",
+        info=styles_problem(ctx) or None,
+        elem_id=f"{tab}_styles",
+        interactive=True,
     )
 
 
@@ -119,7 +133,7 @@ def build_networks_panel(ctx: AppContext, tab: str, prompts: PromptBoxes, styles
             gr.Dataset(samples=_samples(list(networks.lora_files()))),
             gr.Dataset(samples=_samples(list(networks.embedding_files()))),
             _folders_note(ctx),
-            gr.update(choices=names, value=[n for n in picked or [] if n in names]),
+            gr.update(choices=names, value=[n for n in picked or [] if n in names], info=styles_problem(ctx)),
         )
 
     def save(name: str, prompt: str, negative: str, picked: list[str] | None):
