@@ -7,6 +7,7 @@ that do not parse (another tool's conventions, a hand-edited text) are skipped a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +53,10 @@ def _number(converter: Callable[[str], Any]) -> Callable[[str], Any]:
             if not value.is_integer():
                 raise ValueError(f"{text} is not a whole number")
             return int(value)
-        return converter(text)
+        value = converter(text)
+        if isinstance(value, float) and not math.isfinite(value):  # float() reads "nan" and "inf"
+            raise ValueError(f"{text} is not a finite number")
+        return value
 
     return convert
 

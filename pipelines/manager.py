@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,22 @@ class PipelineManager:
             self._trim_cache(wanted)
             return wanted
 
+    def activate_first(self, names: Sequence[str]) -> tuple[ActiveModel | None, dict[str, str]]:
+        """Activate the first of ``names`` that loads; also return the ones that did not, with why.
+
+        For start-up: one unreadable file (a zero-byte partial download sorting first) must not keep Easel from
+        starting on the next good checkpoint. Each failure is logged; None when none of them loads.
+        """
+        skipped: dict[str, str] = {}
+        for name in names:
+            try:
+                return self.activate(name), skipped
+            except Exception as exc:  # whatever one file does, the next may be fine
+                reason = str(exc) if isinstance(exc, EaselError) else f"{type(exc).__name__}: {exc}"
+                log.warning("skipped checkpoint %s, it could not be loaded: %s", name, reason)
+                skipped[name] = reason
+        return None, skipped
+
     def _to(self, active: ActiveModel, device: torch.device) -> None:
         if device.type == "cpu" and self.device.type == "cpu":
             return
@@ -165,7 +182,7 @@ class PipelineManager:
     # -- pipelines -----------------------------------------------------------------------------------------
     def pipeline(self, mode: str, scheduler: Any, active: ActiveModel | None = None) -> Any:
         """A diffusers pipeline for ``mode`` over the active model's shared modules, with its own scheduler."""
-        active = active or self._active
+        active = self._active if active is None else active
         if active is None:
             raise EaselError("no checkpoint is loaded")
         if mode not in MODES:

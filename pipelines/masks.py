@@ -696,10 +696,7 @@ def _open_checked(data: bytes, max_pixels: int, formats: Sequence[str]) -> Image
         with Image.open(io.BytesIO(data), formats=list(formats)) as probe:
             width, height = probe.size
             if width * height > max_pixels:
-                raise EaselError(
-                    f"The image is {width}x{height} pixels, more than the {max_pixels:,} allowed. "
-                    "Please use a smaller picture."
-                )
+                raise _too_many_pixels(width, height, max_pixels)
             probe.verify()  # catches bad checksums and truncation without decoding pixels
         image = Image.open(io.BytesIO(data), formats=list(formats))
         image.load()
@@ -713,6 +710,44 @@ def _open_checked(data: bytes, max_pixels: int, formats: Sequence[str]) -> Image
     except _DECODE_ERRORS as exc:
         raise EaselError(f"The image file is damaged or incomplete and could not be read ({exc}).") from exc
     return image
+
+
+def _upload_formats() -> list[str]:
+    Image.init()
+    return [name for name in ALLOWED_UPLOAD_FORMATS if name in Image.OPEN]
+
+
+def _too_many_pixels(width: int, height: int, max_pixels: int) -> EaselError:
+    return EaselError(
+        f"The image is {width}x{height} pixels, more than the {max_pixels:,} allowed. Please use a smaller picture."
+    )
+
+
+def user_image_size(data: bytes | bytearray | str, max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from the image's header alone, decoding no pixel; refused as ``load_user_image`` would.
+
+    What lets a caller add up several images (a batch, an init image and its mask) and refuse a request whose
+    images are small on the wire but huge once decoded, before decoding the first of them. Raises EaselError for
+    data that is not an image ``load_user_image`` would read, or one over ``max_pixels``.
+    """
+    raw = _decode_base64(data) if isinstance(data, str) else bytes(data)
+    if not raw:
+        raise EaselError("The image is empty (0 bytes).")
+    formats = _upload_formats()
+    try:
+        with Image.open(io.BytesIO(raw), formats=formats) as probe:
+            width, height = probe.size
+    except Image.DecompressionBombError as exc:
+        raise EaselError(
+            f"The image is too large to open safely (limit {max_pixels:,} pixels). Please use a smaller picture."
+        ) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise EaselError(f"That file is not an image Easel can read ({', '.join(formats)}).") from exc
+    except _DECODE_ERRORS as exc:
+        raise EaselError(f"The image file is damaged or incomplete and could not be read ({exc}).") from exc
+    if width * height > max_pixels:
+        raise _too_many_pixels(width, height, max_pixels)
+    return width, height
 
 
 def _normalise_mode(image: Image.Image) -> Image.Image:
@@ -741,15 +776,11 @@ def load_user_image(
     """
     if max_pixels < 1:
         raise ValueError("max_pixels must be positive")
-    Image.init()
-    formats = [name for name in ALLOWED_UPLOAD_FORMATS if name in Image.OPEN]
+    formats = _upload_formats()
 
     if isinstance(data, Image.Image):
         if data.width * data.height > max_pixels:
-            raise EaselError(
-                f"The image is {data.width}x{data.height} pixels, more than the {max_pixels:,} allowed. "
-                "Please use a smaller picture."
-            )
+            raise _too_many_pixels(data.width, data.height, max_pixels)
         image = data
     else:
         if isinstance(data, os.PathLike) or (allow_paths and isinstance(data, str) and os.path.isfile(data)):

@@ -13,9 +13,12 @@ with `flock` (where the OS has it), so concurrent savers also get distinct numbe
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +33,13 @@ try:
 except ImportError:  # Windows: names stay unique through os.link / O_EXCL; numbers may then repeat
     fcntl = None  # type: ignore[assignment]
 
+log = logging.getLogger(__name__)
 _NUMBERED = re.compile(r"^(\d+)(?:[-.]|$)")
 _TEMP_PREFIX = ".tmp-"
+_TEMP_NAME = re.compile(r"^\.tmp-[a-z0-9_]{8}\.png$")
+"""What ``tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".png")`` names a save's temp file: 8 of [a-z0-9_]."""
+STALE_TEMP_SECONDS = 60.0
+"""A temp file younger than this may be another process's save under way (a save takes well under a second)."""
 _MAX_ATTEMPTS = 1000
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 
@@ -106,6 +114,50 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def remove_unfinished_saves(outputs_dir: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the hidden temp PNGs that saves killed mid-way (``kill -9``, power loss) left in the date folders.
+
+    Only where ``save_image`` writes (``<outputs>/<mode>/<date>/``), only names of its own temp pattern, only
+    regular files (a symlink is never one of ours), never through a symlinked folder, and only files older than
+    ``older_than`` seconds. The finished image of such a save, if it got its name, is a separate file and stays.
+    """
+    removed: list[Path] = []
+    cutoff = time.time() - older_than
+    for mode_folder in _real_subfolders(Path(outputs_dir)):
+        for day_folder in _real_subfolders(mode_folder):
+            for entry in _scan(day_folder):
+                if not _TEMP_NAME.match(entry.name):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                    if not stat.S_ISREG(info.st_mode) or info.st_mtime > cutoff:
+                        continue
+                    os.unlink(entry.path)
+                except OSError:
+                    continue
+                removed.append(Path(entry.path))
+    if removed:
+        log.warning(
+            "removed %d unfinished image file(s) left by interrupted saves: %s",
+            len(removed),
+            ", ".join(str(p) for p in removed),
+        )
+    return removed
+
+
+def _scan(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+def _real_subfolders(folder: Path) -> list[Path]:
+    """Subfolders that are folders themselves, not symlinks to somewhere else."""
+    return [Path(entry.path) for entry in _scan(folder) if entry.is_dir(follow_symlinks=False)]
 
 
 def save_image(

@@ -16,8 +16,16 @@ MODE_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "inpai
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
+    if not low <= value <= high:  # also refuses NaN, which compares false with everything
         raise EaselError(f"{name} must be between {low:g} and {high:g} (got {value:g})")
+
+
+def _whole_number(name: str, value: float) -> int:
+    """``int(value)``, with NaN and Infinity (ValueError, OverflowError) a user's error instead of a crash."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EaselError(f"{name} must be a whole number (got {value})") from exc
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ class GenerationRequest:
         _check_range("Batch count", self.batch_count, 1, 100)
         _check_range("Batch size", self.batch_size, 1, 8)
         _check_range("Clip skip", self.clip_skip, 1, 12)
-        seed = int(self.seed)
+        seed = _whole_number("Seed", self.seed)
         if seed == -1:
             seed = random.randint(0, MAX_SEED)
         _check_range("Seed", seed, 0, MAX_SEED)
@@ -103,11 +111,14 @@ class GenerationRequest:
             _check_range("Mask blur", self.mask_blur, 0, 64)
             _check_range("Masked content", self.inpainting_fill, 0, 3)
             _check_range("Only masked padding", self.inpaint_full_res_padding, 0, 256)
-        subseed = int(self.subseed) if self.subseed is not None else -1
+        subseed = _whole_number("Variation seed", self.subseed) if self.subseed is not None else -1
         if subseed == -1:
             subseed = random.randint(0, MAX_SEED)
         _check_range("Variation seed", subseed, 0, MAX_SEED)
         _check_range("Variation strength", self.subseed_strength, 0, 1)
+        for name, value in (("width", self.seed_resize_from_w), ("height", self.seed_resize_from_h)):
+            if value > 0:  # 0 or -1: off. The old size's noise is drawn in full: unbounded, it could exhaust RAM
+                _check_range(f"Resize seed from {name}", value, 1, 2048)
         hires = _checked_hires(self) if self.enable_hr and self.mode == "txt2img" else {}
         return replace(
             self,

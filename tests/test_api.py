@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import threading
@@ -18,6 +19,7 @@ from pipelines.infotext import parse_infotext
 from tests.api_support import AUTH, PASSWORD, USER, b64, decode, picture_and_mask, private_models_dir, server_args
 from tests.api_support import tiny_txt2img as payload
 from tests.server import running_server
+from webui.api import MAX_REQUEST_PIXELS
 
 pytestmark = pytest.mark.app
 TIMEOUT = 120
@@ -28,7 +30,7 @@ def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("api")
     models = private_models_dir(models_dir, root)
     outputs = root / "outputs"
-    args = server_args(models, outputs, "--auth", f"{USER}:{PASSWORD}", "--max-upload-mb", "2")
+    args = server_args(models, outputs, "--auth", f"{USER}:{PASSWORD}", "--max-upload-mb", "2", "--queue-size", "2")
     with running_server(args, root / "server.log") as url:
         yield url, outputs
 
@@ -40,7 +42,11 @@ def api(server) -> webuiapi.WebUIApi:
 
 
 def post(url: str, path: str, body: object = None, **kw):
-    return requests.post(f"{url}/sdapi/v1/{path}", json=body, auth=AUTH, timeout=TIMEOUT, **kw)
+    """JSON as Python writes it, NaN and Infinity literals included (``requests``' own ``json=`` refuses them)."""
+    if body is None:
+        return requests.post(f"{url}/sdapi/v1/{path}", auth=AUTH, timeout=TIMEOUT, **kw)
+    data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+    return requests.post(f"{url}/sdapi/v1/{path}", data=data, headers=headers, auth=AUTH, timeout=TIMEOUT, **kw)
 
 
 def get(url: str, path: str, **kw):
@@ -204,6 +210,79 @@ def test_extras_upscale(api: webuiapi.WebUIApi, server) -> None:
     assert batch.status_code == 200 and decode(batch.json()["images"][0]).size == (64, 64)
 
 
+def test_extras_batch_is_bounded_by_decoded_pixels_per_request(server) -> None:
+    """Three solid 4096x4096 PNGs are a small body but 50 M decoded pixels: refused from their headers alone."""
+    url, _ = server
+    buffer = io.BytesIO()
+    Image.new("RGB", (4096, 4096), (20, 90, 200)).save(buffer, format="PNG")
+    big = base64.b64encode(buffer.getvalue()).decode()
+    images = [{"data": big, "name": str(i)} for i in range(3)]
+    response = post(url, "extra-batch-images", {"imageList": images, "upscaler_1": "Nearest", "upscaling_resize": 1})
+    assert response.status_code == 413, response.text[:300]
+    detail = response.json()["detail"]
+    assert "imageList[2]" in detail and f"{MAX_REQUEST_PIXELS:,}" in detail
+    small = [{"data": b64(picture_and_mask(32)[0]), "name": str(i)} for i in range(3)]
+    batch = post(url, "extra-batch-images", {"imageList": small, "upscaler_1": "Nearest", "upscaling_resize": 2})
+    assert batch.status_code == 200 and [decode(im).size for im in batch.json()["images"]] == [(64, 64)] * 3
+
+
+def test_a_broken_styles_file_is_reported_and_generation_goes_on(server) -> None:
+    """A stray quote makes one 220 KB field (over csv's 128 KiB limit): reported, skipped, never rewritten."""
+    url, outputs = server
+    styles = outputs.parent / "styles.csv"  # beside the models folder, as A1111 keeps it
+    rows = [f"style{i},a painting of {{prompt}} {'in detail ' * 10},lowres" for i in range(2000)]
+    rows[3] = 'broken,"a stray quote, {prompt},lowres'
+    text = "name,prompt,negative_prompt\n" + "\n".join(rows) + "\n"
+    styles.write_text(text)
+    try:
+        listed = get(url, "prompt-styles")
+        assert listed.status_code == 422 and "styles.csv" in listed.json()["detail"]
+        assert "line 5" in listed.json()["detail"]
+        response = post(url, "txt2img", payload(styles=["style1"]))
+        assert response.status_code == 200, response.text[:300]
+        info = json.loads(response.json()["info"])
+        assert info["prompt"] == "a red boat" and any("styles.csv" in w for w in info["warnings"])
+        assert styles.read_text() == text  # kept as it is on disk
+        styles.write_text('name,prompt,negative_prompt\nfancy,"masterpiece, {prompt}",lowres\n')
+        assert get(url, "prompt-styles").json() == [
+            {"name": "fancy", "prompt": "masterpiece, {prompt}", "negative_prompt": "lowres"}
+        ]
+    finally:
+        styles.unlink(missing_ok=True)
+
+
+def test_a_full_queue_answers_429_at_once(api: webuiapi.WebUIApi, server) -> None:
+    """The fixture's --queue-size 2: one job running and one waiting fill the line; a third is turned away."""
+    url, _ = server
+    box: dict[str, requests.Response] = {}
+
+    def send(name: str, body: dict[str, object]) -> None:
+        box[name] = post(url, "txt2img", body)
+
+    def job_count() -> int:
+        return api.get_progress()["state"]["job_count"]
+
+    running = threading.Thread(target=send, args=("running", payload(steps=150, n_iter=3)))
+    waiting = threading.Thread(target=send, args=("waiting", payload()))
+    try:
+        running.start()
+        deadline = time.monotonic() + 60
+        while api.get_progress()["state"]["sampling_step"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waiting.start()
+        while job_count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job_count() == 2
+        third = requests.post(f"{url}/sdapi/v1/txt2img", json=payload(), auth=AUTH, timeout=20)
+        assert third.status_code == 429, third.text[:300]
+        assert "queue is full (2 jobs" in third.json()["detail"]
+    finally:
+        api.interrupt()
+        running.join(TIMEOUT)
+        waiting.join(TIMEOUT)
+    assert box["running"].status_code == 200 and box["waiting"].status_code == 200
+
+
 def test_nulls_and_unknown_fields_are_accepted(server) -> None:
     url, _ = server
     body = payload(seed=None, negative_prompt=None, sampler_name=None, scheduler="karras", styles=None)
@@ -215,6 +294,16 @@ def test_nulls_and_unknown_fields_are_accepted(server) -> None:
     assert response.json()["parameters"]["some_extension_field"] == {"x": 1}
     sampler = post(url, "txt2img", payload(sampler_name="DPM++ 2M Karras"))
     assert sampler.status_code == 200 and "Sampler: DPM++ 2M, Schedule type: Karras" in sampler.text
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+INF, NAN = float("inf"), float("nan")  # requests writes them as the JSON literals Infinity and NaN
 
 
 def _bomb_png() -> bytes:
@@ -254,6 +343,31 @@ def _bomb_png() -> bytes:
         ("options", {"sd_model_checkpoint": 5}, 422, "sd_model_checkpoint"),
         ("extra-single-image", {"image": ""}, 422, "no image"),
         ("extra-single-image", {"image": b64(Image.new("RGB", (8, 8))), "upscaling_resize": 1000}, 422, "between"),
+        # a prompt the schedule parser cannot nest that deep (was a RecursionError: 500)
+        ("txt2img", payload(prompt="[" * 1000), 422, "nested more than"),
+        # NaN and Infinity, which Python's json accepts, in every kind of numeric field (some were 500s)
+        ("txt2img", payload(override_settings={"CLIP_stop_at_last_layers": INF}), 422, "Infinity"),
+        ("txt2img", payload(override_settings={"CLIP_stop_at_last_layers": NAN}), 422, "NaN"),
+        ("txt2img", payload(override_settings={"CLIP_stop_at_last_layers": 2.5}), 422, "whole number"),
+        ("txt2img", payload(steps=INF), 422, "steps"),
+        ("txt2img", payload(cfg_scale=NAN), 422, "cfg_scale"),
+        ("txt2img", payload(width=-INF), 422, "width"),
+        ("txt2img", payload(seed=NAN), 422, "seed"),
+        ("txt2img", payload(denoising_strength=NAN), 422, "denoising_strength"),
+        ("txt2img", payload(subseed_strength=INF, hr_scale=1.5), 422, "subseed_strength"),
+        ("txt2img", payload(eta=NAN), 422, "eta"),
+        ("txt2img", payload(an_extension={"weights": [1.0, INF]}), 422, "an_extension.weights.1"),
+        ("txt2img", payload(an_extension=_nested(400)), 422, "nested more than"),
+        ("img2img", payload(init_images=[b64(Image.new("RGB", (8, 8)))], denoising_strength=INF), 422, "Infinity"),
+        ("img2img", payload(init_images=[b64(Image.new("RGB", (8, 8)))], mask_blur=NAN), 422, "mask_blur"),
+        ("extra-single-image", {"image": b64(Image.new("RGB", (8, 8))), "upscaling_resize": NAN}, 422, "NaN"),
+        ("extra-single-image", {"image": b64(Image.new("RGB", (8, 8))), "upscaling_resize_w": INF}, 422, "Infinity"),
+        ("options", {"an_extension_setting": NAN}, 422, "NaN"),
+        ("options", {"CLIP_stop_at_last_layers": INF}, 422, "Infinity"),
+        # options are kept in memory: bounded in number, key length and value size
+        ("options", {"k" * 1000: 1}, 422, "longer than"),
+        ("options", {"big": "x" * 100_000}, 413, "KiB"),
+        ("options", {f"setting_{i}": i for i in range(3000)}, 413, "settings"),
     ],
 )
 def test_bad_input_is_a_json_4xx(server, path: str, body: object, status: int, message: str) -> None:
@@ -269,8 +383,6 @@ def test_malformed_bodies_and_dangerous_images(server) -> None:
     url, _ = server
     raw = requests.post(f"{url}/sdapi/v1/txt2img", data=b"{not json", auth=AUTH, timeout=TIMEOUT)
     assert raw.status_code == 422 and raw.json()["error"] == "RequestValidationError"
-    import base64
-
     bomb = base64.b64encode(_bomb_png()).decode()
     response = post(url, "img2img", payload(init_images=[bomb]))
     assert response.status_code == 422 and "pixels" in response.json()["detail"]

@@ -20,15 +20,27 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def assert_same_up_to_batching(a: np.ndarray, b: np.ndarray) -> None:
+    """Images of one seed made in batches of different sizes: equal but for float rounding.
+
+    A batch of 2 and a single image run different GEMM kernels (oneDNN/MKL choose by shape; AVX-512 machines differ
+    from others), so float sums are ordered differently and an 8-bit pixel can land one level off (seen: 1 pixel of
+    4096, by 1). A real difference (another seed, noise drawn for the wrong image) changes most pixels by far more.
+    """
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= 2, f"max difference {diff.max()} levels"
+    assert (diff == 0).mean() >= 0.999, f"only {(diff == 0).mean():.4%} of pixel values equal"
+
+
 def test_same_seed_gives_same_pixels_and_batch_uses_seed_plus_i(shared_engine) -> None:
     request = GenerationRequest(prompt="a red fox", seed=1234, batch_size=2, save=False, **FAST)
     first = shared_engine.generate(request)
     again = shared_engine.generate(request)
     assert first.seeds == [1234, 1235]
     for a, b in zip(first.images, again.images, strict=True):
-        assert np.array_equal(pixels(a), pixels(b))
+        assert np.array_equal(pixels(a), pixels(b))  # the same request, the same computation: bit for bit
     alone = shared_engine.generate(GenerationRequest(prompt="a red fox", seed=1235, save=False, **FAST))
-    assert np.array_equal(pixels(alone.images[0]), pixels(first.images[1]))
+    assert_same_up_to_batching(pixels(alone.images[0]), pixels(first.images[1]))
     other = shared_engine.generate(GenerationRequest(prompt="a red fox", seed=99, save=False, **FAST))
     assert not np.array_equal(pixels(other.images[0]), pixels(first.images[0]))
 
@@ -123,6 +135,12 @@ def test_progress_preview_and_interrupt(shared_engine) -> None:
         ({"sampler": "Warp drive"}, "Warp drive"),
         ({"checkpoint": "missing-model"}, "no checkpoint named"),
         ({"batch_size": 9}, "Batch size"),
+        ({"seed": float("nan")}, "Seed must be a whole number"),
+        ({"seed": float("inf")}, "Seed must be a whole number"),
+        ({"subseed": float("-inf")}, "Variation seed must be a whole number"),
+        ({"cfg_scale": float("nan")}, "CFG scale"),
+        ({"steps": float("inf")}, "Steps"),
+        ({"seed_resize_from_w": 4096, "seed_resize_from_h": 64}, "Resize seed from width"),
     ],
 )
 def test_bad_input_gets_a_clear_error(shared_engine, change: dict, message: str) -> None:

@@ -348,7 +348,9 @@ def test_long_prompt_gives_154_tokens(sd1) -> None:
     assert embeds.embeds.shape == (1, 154, 64)
     assert embeds.num_chunks == 2
     assert sd1.encode("a BREAK b").embeds.shape == (1, 154, 64)
-    assert torch.equal(sd1.encode("a BREAK b").embeds[:, :77], sd1.encode("a").embeds)
+    # the two chunks of "a BREAK b" go through the text encoder as a batch of 2, "a" alone as a batch of 1: other
+    # GEMM kernels, so equal up to float rounding, not bit for bit
+    torch.testing.assert_close(sd1.encode("a BREAK b").embeds[:, :77], sd1.encode("a").embeds)
 
 
 def test_cond_and_uncond_are_padded_with_empty_chunks(sd1) -> None:

@@ -12,8 +12,10 @@ import base64
 import dataclasses
 import io
 import json
+import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image, PngImagePlugin
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.devices import available_ram_bytes
 from pipelines.errors import EaselError
@@ -32,7 +34,7 @@ from pipelines.generate import VERSION
 from pipelines.infotext import parse_infotext, read_image_parameters
 from pipelines.infotext_request import request_from_infotext, resolve_checkpoint
 from pipelines.jobs import Job
-from pipelines.masks import DEFAULT_MAX_UPLOAD_PIXELS, load_user_image
+from pipelines.masks import DEFAULT_MAX_UPLOAD_PIXELS, load_user_image, user_image_size
 from pipelines.queue import QueueFullError
 from pipelines.requests import GenerationRequest, GenerationResult
 from pipelines.samplers import SAMPLERS, SCHEDULE_TYPES
@@ -42,6 +44,18 @@ PREFIX = "/sdapi/v1"
 UPSCALERS = ("None", "Lanczos", "Nearest")
 _RESAMPLE = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 MAX_EXTRAS_PIXELS = 4096 * 4096
+MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_UPLOAD_PIXELS
+"""Decoded pixels all the images of one request may add up to (an init image and its mask at the largest size):
+twenty solid 4096x4096 PNGs are 1.6 MB on the wire and 1.3 GB decoded. Counted from the headers, before decoding."""
+MAX_EXTRAS_RESULT_PIXELS = 4 * MAX_EXTRAS_PIXELS
+"""Pixels all the upscaled results of one extras request may add up to: they are all held until the reply is sent."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of lists and objects a request body may have; A1111 payloads need a handful of levels."""
+MAX_OPTION_KEYS = 1000  # A1111 itself has about 600 settings
+MAX_OPTION_KEY_LENGTH = 128
+MAX_OPTION_VALUE_BYTES = 64 * 1024
+MAX_OPTIONS_BYTES = 1024 * 1024
+"""POST /options keeps what it is sent, in memory, for the life of the server: bounded in count and size."""
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
@@ -58,9 +72,46 @@ class ApiSettings:
     options: dict[str, Any] = field(default_factory=dict)  # options set through POST /options, echoed back
 
 
+class RequestTooLargeError(EaselError):
+    """A request whose images, results or settings exceed a size limit (the API answers 413)."""
+
+
+def _json_number_name(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def unusable_json(value: Any, where: str = "") -> str | None:
+    """Why a parsed JSON value cannot be used, or None: NaN/Infinity anywhere, or nesting deeper than MAX_JSON_DEPTH.
+
+    Python's json accepts the NaN and Infinity literals; past validation they crashed ``int()`` or the JSON reply
+    (a 500), and deep nesting overflowed the recursive encoders. Walked with an explicit stack, never recursion.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            name = _json_number_name(item)
+            return f"{path or 'the body'} is {name}: NaN and Infinity are not numbers Easel can use"
+        if isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return f"{path or 'the body'} is nested more than {MAX_JSON_DEPTH} levels deep"
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            stack.extend((child, f"{path}.{key}" if path else str(key), depth + 1) for key, child in children)
+    return None
+
+
 # -- request models (A1111 names and defaults) ---------------------------------------------------------------
 class A1111Model(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usable_json(cls, data: Any) -> Any:
+        """Refuse NaN, Infinity and deep nesting in any field, declared or extra, before fields are read."""
+        problem = unusable_json(data)
+        if problem:
+            raise ValueError(problem)
+        return data
 
 
 class _GenerationFields(A1111Model):
@@ -333,6 +384,33 @@ def _decode(data: str, what: str, max_pixels: int) -> Image.Image:
         raise EaselError(f"{what}: {exc}") from exc
 
 
+def _header_size(data: str, what: str, max_pixels: int) -> tuple[int, int]:
+    try:
+        return user_image_size(data, max_pixels)
+    except EaselError as exc:
+        raise EaselError(f"{what}: {exc}") from exc
+
+
+def check_pixel_budget(images: Sequence[tuple[str, str]], limit: int, max_pixels: int) -> list[tuple[int, int]]:
+    """Each ``(name, base64)`` image's size, from its header; RequestTooLargeError once they add up past ``limit``.
+
+    Called before any of them is decoded, so a request of many small files that decode huge costs nothing. Each
+    image alone is held to ``max_pixels`` first (EaselError, as when it is decoded).
+    """
+    sizes: list[tuple[int, int]] = []
+    total = 0
+    for what, data in images:
+        width, height = _header_size(data, what, max_pixels)
+        total += width * height
+        if total > limit:
+            raise RequestTooLargeError(
+                f"{what} ({width}x{height}) brings this request to {total:,} decoded pixels; at most {limit:,} are "
+                "allowed per request. Send fewer or smaller images, in several requests."
+            )
+        sizes.append((width, height))
+    return sizes
+
+
 def to_generation_request(
     req: _GenerationFields, mode: str, defaults: dict[str, Any], max_pixels: int, find_checkpoint: Any = None
 ) -> GenerationRequest:
@@ -345,6 +423,8 @@ def to_generation_request(
     clip_skip = overrides.get("CLIP_stop_at_last_layers", defaults.get("CLIP_stop_at_last_layers", 1))
     if isinstance(clip_skip, bool) or not isinstance(clip_skip, int | float):
         raise EaselError("CLIP_stop_at_last_layers must be a number")
+    if not math.isfinite(clip_skip) or clip_skip != int(clip_skip):  # int(inf) raised OverflowError: a 500
+        raise EaselError(f"CLIP_stop_at_last_layers must be a whole number from 1 to 12 (got {clip_skip})")
     kwargs: dict[str, Any] = {
         "mode": mode,
         "prompt": _value(req.prompt, ""),
@@ -380,6 +460,8 @@ def to_generation_request(
     if isinstance(req, Img2ImgRequest):
         if not req.init_images:
             raise EaselError("init_images: give at least one image (base64 PNG, JPEG or WebP)")
+        sent = [("init_images[0]", req.init_images[0])] + ([("mask", req.mask)] if req.mask else [])
+        check_pixel_budget(sent, MAX_REQUEST_PIXELS, max_pixels)  # both, from their headers, before decoding either
         kwargs["init_image"] = _decode(req.init_images[0], "init_images[0]", max_pixels)
         kwargs["denoising_strength"] = _value(req.denoising_strength, 0.75)
         kwargs["resize_mode"] = _value(req.resize_mode, 0)
@@ -482,25 +564,53 @@ def _embedding_shape(path: Path) -> dict[str, Any] | None:
     return {"vectors": shape[0] if len(shape) > 1 else 1, "shape": shape[-1]}
 
 
-def upscale(image: Image.Image, req: ExtrasBase) -> Image.Image:
-    """A1111's extras resize: by a factor or to a size (cropped to fit), with up to two blended upscalers."""
+def _upscaler_names(req: ExtrasBase) -> tuple[str, str]:
     names = (req.upscaler_1 or "None", req.upscaler_2 or "None")
     for name in names:
         if name not in UPSCALERS:
             raise EaselError(f"unknown upscaler '{name}'; available: {', '.join(UPSCALERS)}")
+    return names
+
+
+def upscaled_size(width: int, height: int, req: ExtrasBase) -> tuple[int, int]:
+    """The size an extras request makes of a ``width`` x ``height`` image (checked; known before decoding it)."""
     mode = _value(req.resize_mode, 0)
     if mode == 0:
         factor = float(_value(req.upscaling_resize, 2))
         if not 0 < factor <= 8:
             raise EaselError(f"upscaling_resize must be between 0 and 8 (got {factor:g})")
-        width, height = round(image.width * factor), round(image.height * factor)
+        new_width, new_height = round(width * factor), round(height * factor)
     elif mode == 1:
-        width, height = int(_value(req.upscaling_resize_w, 512)), int(_value(req.upscaling_resize_h, 512))
+        new_width, new_height = int(_value(req.upscaling_resize_w, 512)), int(_value(req.upscaling_resize_h, 512))
     else:
         raise EaselError(f"resize_mode must be 0 (scale by) or 1 (scale to), got {mode}")
-    if width < 1 or height < 1 or width * height > MAX_EXTRAS_PIXELS:
-        raise EaselError(f"the result would be {width}x{height} pixels; at most {MAX_EXTRAS_PIXELS:,} are allowed")
-    crop = mode == 1 and bool(_value(req.upscaling_crop, True))
+    if new_width < 1 or new_height < 1 or new_width * new_height > MAX_EXTRAS_PIXELS:
+        raise EaselError(
+            f"the result would be {new_width}x{new_height} pixels; at most {MAX_EXTRAS_PIXELS:,} are allowed"
+        )
+    return new_width, new_height
+
+
+def check_extras_request(images: Sequence[tuple[str, str]], req: ExtrasBase, max_pixels: int) -> None:
+    """Every image's size and its result's, from the headers: refused before any pixel is decoded."""
+    _upscaler_names(req)
+    sizes = check_pixel_budget(images, MAX_REQUEST_PIXELS, max_pixels)
+    results = 0
+    for (what, _), (width, height) in zip(images, sizes, strict=True):
+        new_width, new_height = upscaled_size(width, height, req)
+        results += new_width * new_height
+        if results > MAX_EXTRAS_RESULT_PIXELS:
+            raise RequestTooLargeError(
+                f"{what} brings this request's results to {results:,} pixels; at most {MAX_EXTRAS_RESULT_PIXELS:,} "
+                "are allowed per request. Upscale fewer images at a time."
+            )
+
+
+def upscale(image: Image.Image, req: ExtrasBase) -> Image.Image:
+    """A1111's extras resize: by a factor or to a size (cropped to fit), with up to two blended upscalers."""
+    names = _upscaler_names(req)
+    width, height = upscaled_size(image.width, image.height, req)
+    crop = _value(req.resize_mode, 0) == 1 and bool(_value(req.upscaling_crop, True))
 
     def resized(name: str) -> Image.Image:
         resample = _RESAMPLE.get(name, Image.Resampling.LANCZOS)
@@ -526,17 +636,27 @@ def _error(status: int, error: str, detail: Any, errors: Any = "") -> JSONRespon
     )
 
 
+def _message(error: dict[str, Any]) -> str:
+    """Pydantic's message, without the "Value error, " it puts before the ones our validators raise."""
+    return str(error.get("msg", "")).removeprefix("Value error, ")
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """EaselError -> 422, a full queue -> 429, bad JSON / wrong types -> 422; all JSON, A1111's error shape."""
+    """EaselError -> 422, a full queue -> 429, too large -> 413, bad JSON / wrong types -> 422; A1111's error shape."""
 
     async def easel_error(_request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, QueueFullError):
             return _error(429, "QueueFull", str(exc))
+        if isinstance(exc, RequestTooLargeError):
+            return _error(413, "RequestTooLarge", str(exc))
         return _error(422, "EaselError", str(exc))
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
-        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors)
+        # Only where and what: pydantic's ``input``/``ctx`` echo the body, and a NaN or a deep list there made the
+        # error reply itself fail (a 500).
+        raw = exc.errors() if isinstance(exc, RequestValidationError) else []
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": _message(e), "type": e.get("type")} for e in raw]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
         return _error(422, "RequestValidationError", detail or str(exc), errors)
 
     app.add_exception_handler(EaselError, easel_error)
@@ -642,6 +762,7 @@ def build_api_router(ctx: AppContext, settings: ApiSettings) -> APIRouter:
     @router.post("/options")
     def set_options(options: dict[str, Any]) -> None:
         """``sd_model_checkpoint`` switches the model (after the running job); other keys are kept and echoed."""
+        check_options(options, settings.options)  # all of it, before anything is applied
         wanted = options.get("sd_model_checkpoint")
         if wanted is not None:
             if not isinstance(wanted, str) or not wanted.strip():
@@ -760,7 +881,10 @@ def build_api_router(ctx: AppContext, settings: ApiSettings) -> APIRouter:
 
     @router.get("/prompt-styles")
     def prompt_styles() -> list[dict[str, Any]]:
-        return []
+        """The styles file's styles; a broken file is a 422 that says what is wrong with it (it is never rewritten)."""
+        return [
+            {"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in engine.styles.styles()
+        ]
 
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> dict[str, list[str]]:
@@ -815,16 +939,43 @@ def build_api_router(ctx: AppContext, settings: ApiSettings) -> APIRouter:
     def extra_single_image(req: ExtrasSingleImageRequest) -> dict[str, Any]:
         if not (req.image or "").strip():
             raise EaselError("image: no image given")
+        check_extras_request([("image", req.image or "")], req, settings.max_upload_pixels)
         image = _decode(req.image or "", "image", settings.max_upload_pixels)
         return {"html_info": "", "image": encode_png(upscale(image, req))}
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
     def extra_batch_images(req: ExtrasBatchImagesRequest) -> dict[str, Any]:
-        files = req.imageList or []
-        images = [_decode(f.data, f"imageList[{i}]", settings.max_upload_pixels) for i, f in enumerate(files)]
-        return {"html_info": "", "images": [encode_png(upscale(image, req)) for image in images]}
+        """Sizes checked from the headers first; then each image decoded, upscaled and encoded before the next."""
+        named = [(f"imageList[{i}]", f.data) for i, f in enumerate(req.imageList or [])]
+        check_extras_request(named, req, settings.max_upload_pixels)
+        results = [encode_png(upscale(_decode(data, what, settings.max_upload_pixels), req)) for what, data in named]
+        return {"html_info": "", "images": results}
 
     return router
+
+
+def check_options(options: dict[str, Any], stored: dict[str, Any]) -> None:
+    """Refuse POST /options bodies that are unusable (NaN, deep nesting) or would grow the kept options unboundedly."""
+    problem = unusable_json(options)
+    if problem:
+        raise EaselError(problem)
+    for key, value in options.items():
+        if len(key) > MAX_OPTION_KEY_LENGTH:
+            raise EaselError(f"the setting name {key[:40]!r}... is longer than {MAX_OPTION_KEY_LENGTH} characters")
+        size = len(json.dumps(value))
+        if size > MAX_OPTION_VALUE_BYTES:
+            raise RequestTooLargeError(
+                f"the value of {key!r} is {size:,} bytes as JSON; at most {MAX_OPTION_VALUE_BYTES // 1024} KiB are kept"
+            )
+    merged = {**stored, **options}
+    merged.pop("sd_model_checkpoint", None)  # switches the model; not kept
+    if len(merged) > MAX_OPTION_KEYS:
+        raise RequestTooLargeError(f"this would keep {len(merged):,} settings; at most {MAX_OPTION_KEYS:,} are kept")
+    total = len(json.dumps(merged))
+    if total > MAX_OPTIONS_BYTES:
+        raise RequestTooLargeError(
+            f"the settings would take {total:,} bytes as JSON; at most {MAX_OPTIONS_BYTES // 1024} KiB are kept"
+        )
 
 
 def _total_ram() -> int:

@@ -32,6 +32,24 @@ def demo_banner(ctx: AppContext) -> str:
     )
 
 
+def skipped_banner(ctx: AppContext) -> str:
+    """Checkpoints start-up could not load and passed over, with why (until one of them is loaded after all)."""
+    active = ctx.active_name()
+    lines = [
+        f"⚠️ **Skipped `{name}`**: it could not be loaded ({reason}). Fix or remove the file and press ↻."
+        for name, reason in ctx.skipped_checkpoints.items()
+        if name != active
+    ]
+    if lines and active is None:
+        lines.append("No checkpoint could be loaded: copy a working one into the checkpoints folder.")
+    return "\n\n".join(lines)
+
+
+def banner_text(ctx: AppContext) -> str:
+    """What the banner under the checkpoint picker says: the demo model's warning and checkpoints skipped at start."""
+    return "\n\n".join(part for part in (skipped_banner(ctx), demo_banner(ctx)) if part)
+
+
 def build_app(ctx: AppContext) -> gr.Blocks:
     """The whole UI over one engine. No generation logic lives here."""
     with gr.Blocks(title="Easel", analytics_enabled=False) as app:
@@ -48,7 +66,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             refresh = gr.Button("↻", elem_id="easel_refresh", scale=0, min_width=48)
             vae = build_vae_picker(ctx)
             model_status = gr.Markdown(_model_status(ctx), elem_id="easel_model_status")
-        banner = gr.Markdown(demo_banner(ctx), elem_id="easel_demo_banner")
+        banner = gr.Markdown(banner_text(ctx), elem_id="easel_demo_banner")
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 txt2img_output = build_txt2img_tab(ctx, checkpoint)
@@ -71,7 +89,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 ctx.engine.switch_checkpoint(name)
             except EaselError as exc:
                 raise gr.Error(str(exc)) from exc
-            return _model_status(ctx), demo_banner(ctx)
+            return _model_status(ctx), banner_text(ctx)
 
         def rescan():
             names = [c.name for c in ctx.engine.manager.refresh()]

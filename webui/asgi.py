@@ -59,8 +59,8 @@ def build_server_app(
         )
         app.include_router(build_api_router(ctx, api_settings))
 
-    queue_size = getattr(args, "queue_size", None) or ctx.engine.queue.max_size
-    blocks.queue(default_concurrency_limit=1, max_size=max(64, 2 * queue_size))
+    # Gradio's own line only feeds the engine's (the one that is bounded and shown): it just must not be shorter.
+    blocks.queue(default_concurrency_limit=1, max_size=max(64, 2 * ctx.engine.queue.max_size))
     outputs = Path(ctx.engine.outputs_dir).resolve()
     blocked = {Path(getattr(args, "models_dir", "models")).resolve()}
     if getattr(args, "ckpt_dir", None):

@@ -8,9 +8,11 @@ import logging
 from pipelines.checkpoints import HashCache
 from pipelines.demo import ensure_demo_checkpoint
 from pipelines.devices import choose_device, choose_dtype
+from pipelines.errors import EaselError
 from pipelines.generate import Engine
 from pipelines.manager import PipelineManager
 from pipelines.networks import NetworkFolders, NetworkLibrary
+from pipelines.outputs import remove_unfinished_saves
 from pipelines.queue import DEFAULT_QUEUE_SIZE, GenerationQueue
 from webui.app import CSS, SHORTCUTS_JS, build_app
 from webui.asgi import build_server_app, run_server
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 def build_context(args: argparse.Namespace) -> AppContext:
     """Find or build a checkpoint, load it, and wrap the engine for the UI."""
+    remove_unfinished_saves(args.outputs_dir)  # what a save killed mid-way left behind (logged)
     demo = None if args.no_demo else ensure_demo_checkpoint(args.ckpt_dir)
     device = choose_device(args.device)
     manager = PipelineManager(
@@ -45,23 +48,33 @@ def build_context(args: argparse.Namespace) -> AppContext:
         networks=NetworkLibrary(folders, manager.hashes, args.allow_pickle),
     )
     ctx = AppContext(engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None)
-    first = args.ckpt or _preferred(ctx)
-    if first:
-        log.info("loading %s", first)
-        manager.activate(first)
+    if args.ckpt:  # asked for by name: starting on another model instead would make images from the wrong one
+        log.info("loading %s", args.ckpt)
+        try:
+            manager.activate(args.ckpt)
+        except EaselError as exc:
+            raise EaselError(f"--ckpt {args.ckpt}: could not be loaded: {exc}") from exc
+        return ctx
+    candidates = _preferred(ctx)
+    active, ctx.skipped_checkpoints = manager.activate_first(candidates)
+    if active is not None:
+        log.info("loaded %s", active.info.name)
+    elif candidates:
+        log.error("none of the %d checkpoints could be loaded; starting without one", len(candidates))
     return ctx
 
 
-def _preferred(ctx: AppContext) -> str | None:
-    """The first real checkpoint, else the demo one."""
+def _preferred(ctx: AppContext) -> list[str]:
+    """Checkpoints in the order start-up tries them: the real ones by name, then the demo one."""
     names = ctx.checkpoint_names()
-    real = [n for n in names if n != ctx.demo_checkpoint]
-    return (real or names or [None])[0]
+    return [n for n in names if n != ctx.demo_checkpoint] + [n for n in names if n == ctx.demo_checkpoint]
 
 
 def serve(ctx: AppContext, args: argparse.Namespace) -> None:
     """UI and REST API on one port, behind one set of credentials; blocks until stopped."""
-    security = getattr(args, "security", None) or security_from_args(args)
+    security = getattr(args, "security", None)
+    if security is None:
+        security = security_from_args(args)
     app = build_app(ctx)
     server_app = build_server_app(ctx, app, args, security, css=CSS, js=SHORTCUTS_JS)
     run_server(server_app, security, args.port, api_enabled=not getattr(args, "no_api", False))

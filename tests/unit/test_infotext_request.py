@@ -60,3 +60,10 @@ def test_fill_unset_keeps_explicit_values() -> None:
     merged = fill_unset({"prompt": "mine", "steps": None, "seed": 5}, A1111_VARIATION)
     assert merged["prompt"] == "mine" and merged["seed"] == 5 and merged["steps"] == 20
     assert merged["subseed"] == 42
+
+
+def test_nan_and_infinity_in_an_infotext_are_skipped_not_read() -> None:
+    """float("nan") parses: a NaN denoising strength reached requests (and JSON replies) unchecked."""
+    parsed = request_from_infotext("x\nSteps: 3, CFG scale: nan, Denoising strength: inf, Seed: 1e400, Size: 64x64")
+    assert set(parsed.skipped) == {"CFG scale", "Denoising strength", "Seed"}
+    assert "cfg_scale" not in parsed.kwargs and "denoising_strength" not in parsed.kwargs

@@ -5,7 +5,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import tempfile
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from PIL import Image
 
 from pipelines import outputs
 from pipelines.errors import EaselError
-from pipelines.outputs import next_sequence_number, save_image
+from pipelines.outputs import next_sequence_number, remove_unfinished_saves, save_image
 
 WHEN = datetime(2024, 5, 17, 13, 45)
 INFOTEXT = "a cat\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 16x16"
@@ -186,3 +188,41 @@ def test_date_folder_defaults_to_today(tmp_path: Path) -> None:
 def test_mode_folder_must_be_one_name(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError):
         save_image(_image(), tmp_path, bad, 1, INFOTEXT, when=WHEN)
+
+
+def test_leftovers_of_a_killed_save_are_removed_at_start_and_nothing_else(tmp_path: Path) -> None:
+    """``kill -9`` between writing the hidden temp PNG and claiming its name leaves ``.tmp-XXXXXXXX.png`` behind."""
+    outputs_dir = tmp_path / "outputs"
+    save_image(_image(), outputs_dir, "txt2img-images", 1, INFOTEXT, when=WHEN)
+    folder = _day_folder(outputs_dir)
+    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)  # exactly what save_image makes
+    os.close(fd)
+    leftover = Path(name)
+    recent = folder / ".tmp-recent01.png"  # a save under way in another process right now
+    kept = [
+        folder / ".tmp-notours.txt",
+        folder / ".tmp-toolongname.png",
+        folder / "00007-3.png",
+        outputs_dir / ".tmp-abcdefgh.png",  # not in a date folder: Easel never writes there
+    ]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    target = outside / ".tmp-zzzzzzzz.png"
+    for path in (*kept, target):
+        path.write_bytes(b"x")
+    old = time.time() - 3600
+    for path in (leftover, *kept, target):
+        os.utime(path, (old, old))
+    recent.write_bytes(b"x")
+    (folder / ".tmp-symlink1.png").symlink_to(target)  # a link is not a file of ours: neither it nor its target goes
+    (outputs_dir / "img2img-images").symlink_to(outside, target_is_directory=True)  # never followed out
+    (outside / "2024-05-17").mkdir()
+    stray = outside / "2024-05-17" / ".tmp-qqqqqqqq.png"
+    stray.write_bytes(b"x")
+    os.utime(stray, (old, old))
+
+    assert remove_unfinished_saves(outputs_dir) == [leftover]
+    assert not leftover.exists()
+    assert all(p.exists() for p in (*kept, recent, target, stray, folder / ".tmp-symlink1.png"))
+    assert (folder / "00000-1.png").is_file()
+    assert remove_unfinished_saves(tmp_path / "no-such-folder") == []

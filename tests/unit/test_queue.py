@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
+import torch
 
+from pipelines.checkpoints import HashCache
+from pipelines.generate import Engine
 from pipelines.jobs import Job
+from pipelines.manager import PipelineManager
 from pipelines.queue import GenerationQueue, QueueFullError
+from pipelines.requests import GenerationRequest
 
 
 def test_jobs_run_in_order_and_see_their_place() -> None:
@@ -71,3 +78,16 @@ def test_interrupt_while_waiting_leaves_the_line() -> None:
         waiting.interrupt()
         thread.join(5)
     assert result == [False]
+
+
+def test_the_engine_keeps_an_empty_queue_it_was_given(tmp_path: Path) -> None:
+    """An empty queue has length 0 and so is falsy: ``queue or GenerationQueue()`` once dropped --queue-size."""
+    queue = GenerationQueue(max_size=3)
+    manager = PipelineManager(tmp_path / "none", torch.device("cpu"), torch.float32, HashCache(tmp_path / "h.json"))
+    engine = Engine(manager, tmp_path / "outputs", queue=queue)
+    assert engine.queue is queue
+    with ExitStack() as line:
+        for _ in range(3):  # three jobs waiting or running
+            line.enter_context(queue.place(Job()))
+        with pytest.raises(QueueFullError, match=r"queue is full \(3 jobs"):
+            engine.generate(GenerationRequest(prompt="x", steps=1, width=64, height=64, save=False))
