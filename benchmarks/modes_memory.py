@@ -41,8 +41,8 @@ def build_checkpoint(scale: str, path: Path) -> int:
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from pipelines.tiny_models import build_tiny_components, save_single_file
-    from pipelines.tokenizers import load_clip_tokenizer
+    from pipelines.models.tiny_models import build_tiny_components, save_single_file
+    from pipelines.models.tokenizers import load_clip_tokenizer
 
     if scale == "tiny":
         components = build_tiny_components("sd1", seed=0)
@@ -83,9 +83,9 @@ def measure(models: Path, size: int, steps: int, touch: bool) -> dict:
     import torch
     from PIL import Image
 
-    from pipelines.checkpoints import HashCache
     from pipelines.generate import Engine, EngineSettings
-    from pipelines.manager import PipelineManager
+    from pipelines.models.checkpoints import HashCache
+    from pipelines.models.manager import PipelineManager
     from pipelines.requests import GenerationRequest
 
     torch.set_grad_enabled(False)
@@ -132,7 +132,7 @@ def measure(models: Path, size: int, steps: int, touch: bool) -> dict:
 
 
 def _scheduler(active):
-    from pipelines.samplers import build_scheduler
+    from pipelines.sampling.samplers import build_scheduler
 
     return build_scheduler(active.model.scheduler_config, "Euler")
 

@@ -20,14 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.checkpoints import HashCache  # noqa: E402
-from pipelines.devices import choose_device, choose_dtype  # noqa: E402
 from pipelines.generate import Engine, EngineSettings  # noqa: E402
-from pipelines.manager import PipelineManager  # noqa: E402
+from pipelines.models.checkpoints import HashCache  # noqa: E402
+from pipelines.models.devices import choose_device, choose_dtype  # noqa: E402
+from pipelines.models.manager import PipelineManager  # noqa: E402
+from pipelines.models.tiny_models import build_tiny_components, save_single_file  # noqa: E402
 from pipelines.requests import GenerationRequest  # noqa: E402
-from pipelines.samplers import SAMPLERS, build_scheduler  # noqa: E402
-from pipelines.tiny_models import build_tiny_components, save_single_file  # noqa: E402
-from pipelines.variations import variation_noise  # noqa: E402
+from pipelines.sampling.samplers import SAMPLERS, build_scheduler  # noqa: E402
+from pipelines.sampling.variations import variation_noise  # noqa: E402
 
 
 def timed(fn) -> float:

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.conditioning import ScheduledConditioning, encode_conditioning
+from pipelines.conditioning.encoder import PromptEncoder
+from pipelines.conditioning.scheduled import ScheduledConditioning, encode_conditioning
+from pipelines.conditioning.styles import StyleLibrary, StylesFileError
 from pipelines.errors import EaselError
-from pipelines.hires import hires_infotext_params, hires_sampled_steps, hires_steps, second_pass_inputs
-from pipelines.infotext import format_infotext
-from pipelines.inpaint import (
+from pipelines.imaging.inpaint import (
     InpaintPlan,
     finish_inpaint,
     img2img_infotext_params,
@@ -24,17 +24,17 @@ from pipelines.inpaint import (
     prepare_img2img,
     prepare_inpaint,
 )
-from pipelines.jobs import Job
-from pipelines.manager import ActiveModel, PipelineManager
-from pipelines.masks import latent_fill, latent_mask_from_pixel_mask
-from pipelines.networks import NetworkFolders, NetworkLibrary, NetworkUse
-from pipelines.outputs import save_image
-from pipelines.prompts import PromptEncoder
-from pipelines.queue import GenerationQueue
+from pipelines.imaging.masks import latent_fill, latent_mask_from_pixel_mask
+from pipelines.metadata.infotext import format_infotext
+from pipelines.metadata.outputs import save_image
+from pipelines.models.manager import ActiveModel, PipelineManager
+from pipelines.networks.library import NetworkFolders, NetworkLibrary, NetworkUse
 from pipelines.requests import MODE_FOLDERS, GenerationRequest, GenerationResult
-from pipelines.samplers import build_scheduler
-from pipelines.styles import StyleLibrary, StylesFileError
-from pipelines.variations import variation_infotext_params, variation_noise
+from pipelines.runtime.jobs import Job
+from pipelines.runtime.queue import GenerationQueue
+from pipelines.sampling.hires import hires_infotext_params, hires_sampled_steps, hires_steps, second_pass_inputs
+from pipelines.sampling.samplers import build_scheduler
+from pipelines.sampling.variations import variation_infotext_params, variation_noise
 
 log = logging.getLogger(__name__)
 VERSION = "easel-0.1"

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.errors import EaselError
-from pipelines.samplers import SCHEDULE_TYPES, split_sampler_name
+from pipelines.sampling.samplers import SCHEDULE_TYPES, split_sampler_name
 
 MAX_SEED = 2**32 - 1
 MODE_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "inpaint": "inpaint-images"}
@@ -143,7 +143,7 @@ class GenerationRequest:
 
 def _checked_hires(request: GenerationRequest) -> dict[str, object]:
     """Hires fields made canonical (sampler names split as for the first pass) and checked."""
-    from pipelines.hires import check_hires
+    from pipelines.sampling.hires import check_hires
 
     changes: dict[str, object] = {
         "hr_scale": float(request.hr_scale),

@@ -12,10 +12,10 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipelines.checkpoints import HashCache  # noqa: E402
 from pipelines.generate import Engine, EngineSettings  # noqa: E402
-from pipelines.manager import PipelineManager  # noqa: E402
-from pipelines.tiny_models import build_tiny_components, save_diffusers_folder, save_single_file  # noqa: E402
+from pipelines.models.checkpoints import HashCache  # noqa: E402
+from pipelines.models.manager import PipelineManager  # noqa: E402
+from pipelines.models.tiny_models import build_tiny_components, save_diffusers_folder, save_single_file  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

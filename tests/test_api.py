@@ -15,7 +15,7 @@ import requests
 import webuiapi
 from PIL import Image
 
-from pipelines.infotext import parse_infotext
+from pipelines.metadata.infotext import parse_infotext
 from tests.api_support import AUTH, PASSWORD, USER, b64, decode, picture_and_mask, private_models_dir, server_args
 from tests.api_support import tiny_txt2img as payload
 from tests.server import running_server

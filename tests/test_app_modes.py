@@ -9,7 +9,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines.infotext import parse_infotext
+from pipelines.metadata.infotext import parse_infotext
 from tests.server import running_server
 
 pytestmark = pytest.mark.app

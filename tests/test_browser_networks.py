@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pipelines.infotext import parse_infotext
-from pipelines.ldm_layout import vae_to_ldm
-from pipelines.styles import StyleLibrary
-from pipelines.tiny_models import build_tiny_components
+from pipelines.conditioning.styles import StyleLibrary
+from pipelines.metadata.infotext import parse_infotext
+from pipelines.models.ldm_layout import vae_to_ldm
+from pipelines.models.tiny_models import build_tiny_components
 from tests.browser import browser_page, set_number
 from tests.server import running_server
 from tests.test_networks import kohya_lora

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipelines.architecture import FAMILIES, derive_architecture
-from pipelines.checkpoints import HashCache, find_checkpoint, list_checkpoints
 from pipelines.errors import EaselError
-from pipelines.loader import load_checkpoint, load_single_file, read_shapes
+from pipelines.models.architecture import FAMILIES, derive_architecture
+from pipelines.models.checkpoints import HashCache, find_checkpoint, list_checkpoints
+from pipelines.models.loader import load_checkpoint, load_single_file, read_shapes
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -12,7 +12,7 @@ import requests
 from gradio_client import Client
 from PIL import Image
 
-from pipelines.infotext import parse_infotext
+from pipelines.metadata.infotext import parse_infotext
 from tests.api_support import AUTH, USER, private_models_dir, server_args
 from tests.api_support import tiny_txt2img as payload
 from tests.server import running_server

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from pipelines.errors import EaselError
-from pipelines.infotext import parse_infotext
-from pipelines.jobs import Job
+from pipelines.metadata.infotext import parse_infotext
 from pipelines.requests import GenerationRequest
+from pipelines.runtime.jobs import Job
 
 FAST = {"steps": 3, "width": 64, "height": 64, "cfg_scale": 5.0}
 
@@ -72,7 +72,7 @@ def test_scheduler_swaps_touch_no_weights_and_modes_share_tensors(shared_engine)
     for key, (ptr, value) in before.items():
         assert after[key].data_ptr() == ptr and np.array_equal(after[key].numpy(), value.numpy()), key
     assert results["DPM++ 2M Karras"].request.schedule_type == "Karras"
-    from pipelines.samplers import build_scheduler
+    from pipelines.sampling.samplers import build_scheduler
 
     views = [
         shared_engine.manager.pipeline(m, build_scheduler(active.model.scheduler_config, "Euler"))

@@ -22,7 +22,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from safetensors.torch import load_file
 
-from pipelines.ldm_layout import (
+from pipelines.models.ldm_layout import (
     REFINER_TE_PREFIX,
     SD1_TE_PREFIX,
     SD2_TE_PREFIX,
@@ -37,7 +37,7 @@ from pipelines.ldm_layout import (
     unet_to_ldm,
     vae_to_ldm,
 )
-from pipelines.tiny_models import (
+from pipelines.models.tiny_models import (
     TINY_FAMILIES,
     build_pipeline,
     build_tiny_components,

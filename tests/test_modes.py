@@ -9,16 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.checkpoints import HashCache
 from pipelines.errors import EaselError
 from pipelines.generate import Engine, EngineSettings
-from pipelines.infotext import parse_infotext
-from pipelines.jobs import Job
-from pipelines.manager import PipelineManager
-from pipelines.masks import OUTPAINT_SEAM_BAND, blur_mask, require_editor_mask
-from pipelines.outpaint import outpaint_generation_size, outpaint_request
+from pipelines.imaging.masks import blur_mask, require_editor_mask
+from pipelines.imaging.outpaint import outpaint_generation_size, outpaint_request
+from pipelines.imaging.outpaint_canvas import OUTPAINT_SEAM_BAND
+from pipelines.metadata.infotext import parse_infotext
+from pipelines.models.checkpoints import HashCache
+from pipelines.models.manager import PipelineManager
 from pipelines.requests import GenerationRequest
-from pipelines.samplers import build_scheduler
+from pipelines.runtime.jobs import Job
+from pipelines.sampling.samplers import build_scheduler
 
 FAST = {"steps": 3, "width": 64, "height": 64, "cfg_scale": 5.0, "seed": 11, "save": False}
 CHECKPOINTS = {"sd1": "tiny-sd1", "sd1_inpaint": "tiny-sd1-inpaint", "sdxl": "tiny-sdxl"}

@@ -10,20 +10,20 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pipelines.checkpoints import HashCache
-from pipelines.conditioning import encode_conditioning
-from pipelines.embeddings import EmbeddingLibrary
+from pipelines.conditioning.scheduled import encode_conditioning
+from pipelines.conditioning.styles import PromptStyle, StyleLibrary, apply_styles, merge_style
 from pipelines.errors import EaselError
 from pipelines.generate import Engine, EngineSettings
-from pipelines.infotext import parse_infotext, read_image_parameters
-from pipelines.infotext_request import request_from_infotext, resolve_checkpoint
-from pipelines.ldm_layout import vae_to_ldm
-from pipelines.lora import LoraTargets, applied_loras, lora_delta, parse_lora_state_dict
-from pipelines.manager import PipelineManager
+from pipelines.metadata.infotext import parse_infotext, read_image_parameters
+from pipelines.metadata.infotext_request import request_from_infotext, resolve_checkpoint
+from pipelines.models.checkpoints import HashCache
+from pipelines.models.ldm_layout import vae_to_ldm
+from pipelines.models.manager import PipelineManager
+from pipelines.models.tiny_models import build_tiny_components
+from pipelines.networks.embeddings import EmbeddingLibrary
+from pipelines.networks.lora import LoraTargets, applied_loras, lora_delta, parse_lora_state_dict
 from pipelines.requests import GenerationRequest
-from pipelines.styles import PromptStyle, StyleLibrary, apply_styles, merge_style
-from pipelines.tiny_models import build_tiny_components
-from pipelines.variations import paste_centred, variation_noise
+from pipelines.sampling.variations import paste_centred, variation_noise
 
 FAST = {"steps": 3, "width": 64, "height": 64, "cfg_scale": 5.0, "save": False}
 
@@ -182,7 +182,7 @@ def test_lora_delta_is_up_times_down_scaled_by_alpha_over_rank() -> None:
     conv = unet.down_blocks[0].resnets[0].conv1.weight
     q0, conv0 = q.clone(), conv.clone()
     warnings: list[str] = []
-    from pipelines.lora import LoraUse
+    from pipelines.networks.lora import LoraUse
 
     with applied_loras([LoraUse(lora, 0.5, 2.0)], LoraTargets(unet, [te]), warnings):
         torch.testing.assert_close(q, q0 + 0.5 * (up @ down) * (2.0 / 4))

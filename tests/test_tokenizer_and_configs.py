@@ -14,7 +14,7 @@ import diffusers  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig  # noqa: E402
 
-from pipelines.tokenizers import TOKENIZER_DIR, load_clip_tokenizer  # noqa: E402
+from pipelines.models.tokenizers import TOKENIZER_DIR, load_clip_tokenizer  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "pipelines" / "configs"
 

@@ -34,7 +34,7 @@ BYTE_SYMBOLS = 256
 MERGE_COUNT = VOCAB_SIZE - 2 * BYTE_SYMBOLS - 2  # 48894 = 49152 - 256 - 2
 MODEL_MAX_LENGTH = 77
 GZ_NAME_IN_WHEEL = "open_clip/bpe_simple_vocab_16e6.txt.gz"
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "clip_tokenizer"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "pipelines" / "models" / "configs" / "clip_tokenizer"
 
 
 def byte_symbols() -> list[str]:

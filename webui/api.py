@@ -28,16 +28,16 @@ from fastapi.responses import JSONResponse
 from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.devices import available_ram_bytes
 from pipelines.errors import EaselError
 from pipelines.generate import VERSION
-from pipelines.infotext import parse_infotext, read_image_parameters
-from pipelines.infotext_request import request_from_infotext, resolve_checkpoint
-from pipelines.jobs import Job
-from pipelines.masks import DEFAULT_MAX_UPLOAD_PIXELS, load_user_image, user_image_size
-from pipelines.queue import QueueFullError
+from pipelines.imaging.uploads import DEFAULT_MAX_UPLOAD_PIXELS, load_user_image, user_image_size
+from pipelines.metadata.infotext import parse_infotext, read_image_parameters
+from pipelines.metadata.infotext_request import request_from_infotext, resolve_checkpoint
+from pipelines.models.devices import available_ram_bytes
 from pipelines.requests import GenerationRequest, GenerationResult
-from pipelines.samplers import SAMPLERS, SCHEDULE_TYPES
+from pipelines.runtime.jobs import Job
+from pipelines.runtime.queue import QueueFullError
+from pipelines.sampling.samplers import SAMPLERS, SCHEDULE_TYPES
 from webui.context import AppContext
 
 PREFIX = "/sdapi/v1"

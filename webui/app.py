@@ -110,7 +110,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
 
 def _model_status(ctx: AppContext) -> str:
-    from pipelines.architecture import FAMILY_LABELS
+    from pipelines.models.architecture import FAMILY_LABELS
 
     active = ctx.engine.manager.active
     if active is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.devices import PRECISIONS
+from pipelines.models.devices import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.samplers import SAMPLERS, SCHEDULE_TYPES
+from pipelines.sampling.samplers import SAMPLERS, SCHEDULE_TYPES
 
 PARAM_FIELDS = (
     "sampler",

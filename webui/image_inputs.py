@@ -1,6 +1,6 @@
 """Images coming in from widgets (uploads, the mask editor, galleries) and "Send to" between tabs.
 
-UI plumbing only: decoding goes through ``pipelines.masks.load_user_image`` (size limit, damaged files) and
+UI plumbing only: decoding goes through ``pipelines.imaging.uploads.load_user_image`` (size limit, damaged files) and
 every problem a user can cause becomes a ``gr.Error`` with a message they can act on.
 """
 
@@ -14,7 +14,8 @@ import gradio as gr
 from PIL import Image
 
 from pipelines.errors import EaselError
-from pipelines.masks import DEFAULT_MAX_UPLOAD_PIXELS, load_user_image, mask_from_editor
+from pipelines.imaging.masks import mask_from_editor
+from pipelines.imaging.uploads import DEFAULT_MAX_UPLOAD_PIXELS, load_user_image
 from webui.components import OutputPanel
 
 MAX_UPLOAD_PIXELS = DEFAULT_MAX_UPLOAD_PIXELS

@@ -1,7 +1,7 @@
 """Prompt-side helpers wired once over the whole app: token counters, "read parameters" (↙) and PNG Info's
 "Send to txt2img / img2img / inpaint".
 
-UI plumbing only: infotext -> request fields is ``pipelines.infotext_request``. Widgets are found by their
+UI plumbing only: infotext -> request fields is ``pipelines.metadata.infotext_request``. Widgets are found by their
 ``elem_id`` (``<tab>_prompt``, ``<tab>_steps``, ...), the same convention every tab's builders follow, so a tab
 that adds a field with a known id gets pasted into without any change here.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import gradio as gr
 
 from pipelines.errors import EaselError
-from pipelines.infotext import parse_infotext
-from pipelines.infotext_request import request_from_infotext, resolve_checkpoint
+from pipelines.metadata.infotext import parse_infotext
+from pipelines.metadata.infotext_request import request_from_infotext, resolve_checkpoint
 from webui.context import AppContext
 
 TABS = ("txt2img", "img2img", "inpaint")

@@ -15,8 +15,8 @@ import gradio as gr
 
 from pipelines.errors import EaselError
 from pipelines.generate import Engine
-from pipelines.jobs import Job
 from pipelines.requests import GenerationRequest, GenerationResult
+from pipelines.runtime.jobs import Job
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25

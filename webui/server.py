@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipelines.checkpoints import HashCache
-from pipelines.demo import ensure_demo_checkpoint
-from pipelines.devices import choose_device, choose_dtype
 from pipelines.errors import EaselError
 from pipelines.generate import Engine
-from pipelines.manager import PipelineManager
-from pipelines.networks import NetworkFolders, NetworkLibrary
-from pipelines.outputs import remove_unfinished_saves
-from pipelines.queue import DEFAULT_QUEUE_SIZE, GenerationQueue
+from pipelines.metadata.outputs import remove_unfinished_saves
+from pipelines.models.checkpoints import HashCache
+from pipelines.models.demo import ensure_demo_checkpoint
+from pipelines.models.devices import choose_device, choose_dtype
+from pipelines.models.manager import PipelineManager
+from pipelines.networks.library import NetworkFolders, NetworkLibrary
+from pipelines.runtime.queue import DEFAULT_QUEUE_SIZE, GenerationQueue
 from webui.app import CSS, SHORTCUTS_JS, build_app
 from webui.asgi import build_server_app, run_server
 from webui.context import AppContext

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from pipelines.infotext import format_infotext, parse_infotext, read_image_parameters
+from pipelines.metadata.infotext import format_infotext, parse_infotext, read_image_parameters
 
 A1111_MULTILINE = """masterpiece, best quality,
 1girl, (red hair:1.2), looking at viewer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.infotext_request import fill_unset, request_from_infotext
+from pipelines.metadata.infotext_request import fill_unset, request_from_infotext
 from pipelines.requests import GenerationRequest
 
 A1111_HIRES = (

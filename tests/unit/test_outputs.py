@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines import outputs
 from pipelines.errors import EaselError
-from pipelines.outputs import next_sequence_number, remove_unfinished_saves, save_image
+from pipelines.metadata import outputs as outputs
+from pipelines.metadata.outputs import next_sequence_number, remove_unfinished_saves, save_image
 
 WHEN = datetime(2024, 5, 17, 13, 45)
 INFOTEXT = "a cat\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 16x16"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.embeddings import EmbeddingLibrary
 from pipelines.errors import EaselError
-from pipelines.loader import load_checkpoint, load_state_dict
-from pipelines.lora import read_lora
+from pipelines.models.loader import load_checkpoint, load_state_dict
+from pipelines.networks.embeddings import EmbeddingLibrary
+from pipelines.networks.lora import read_lora
 
 
 class _RunsACommand:

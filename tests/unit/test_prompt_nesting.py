@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from pipelines.conditioning.prompt_schedules import MAX_BRACKET_DEPTH, conditioning_schedule, schedule_prompt
+from pipelines.conditioning.syntax import parse_prompt_attention
 from pipelines.errors import EaselError
-from pipelines.prompts import MAX_BRACKET_DEPTH, conditioning_schedule, parse_prompt_attention, schedule_prompt
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.checkpoints import HashCache
 from pipelines.generate import Engine
-from pipelines.jobs import Job
-from pipelines.manager import PipelineManager
-from pipelines.queue import GenerationQueue, QueueFullError
+from pipelines.models.checkpoints import HashCache
+from pipelines.models.manager import PipelineManager
 from pipelines.requests import GenerationRequest
+from pipelines.runtime.jobs import Job
+from pipelines.runtime.queue import GenerationQueue, QueueFullError
 
 
 def test_jobs_run_in_order_and_see_their_place() -> None:

@@ -11,7 +11,7 @@ import torch
 from diffusers.configuration_utils import FrozenDict
 
 from pipelines.errors import EaselError
-from pipelines.samplers import (
+from pipelines.sampling.samplers import (
     SAMPLERS,
     SCHEDULE_TYPES,
     build_scheduler,

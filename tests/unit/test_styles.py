@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.styles import PromptStyle, StyleLibrary, StylesFileError, parse_styles_csv
+from pipelines.conditioning.styles import PromptStyle, StyleLibrary, StylesFileError, parse_styles_csv
 
 HEADER = "name,prompt,negative_prompt\n"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.hires import HIRES_UPSCALERS
-from pipelines.samplers import SAMPLERS
+from pipelines.sampling.hires import HIRES_UPSCALERS
+from pipelines.sampling.samplers import SAMPLERS
 
 SAME = "Use same sampler"
 EXTRA_FIELDS = (

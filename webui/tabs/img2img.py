@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.masks import RESIZE_MODES
+from pipelines.imaging.resize import RESIZE_MODES
 from pipelines.requests import GenerationRequest
 from webui.components import (
     OutputPanel,

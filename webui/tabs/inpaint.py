@@ -1,7 +1,7 @@
 """The Inpaint tab: paint a mask over a picture (or extend its canvas) and regenerate just that part.
 
 UI only. The mask comes from the editor's painted layers (or an uploaded black-and-white mask), the outpaint
-canvas from ``pipelines.outpaint``; everything else is ``Engine.generate`` through ``result_updates``.
+canvas from ``pipelines.imaging.outpaint``; everything else is ``Engine.generate`` through ``result_updates``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 import gradio as gr
 
 from pipelines.errors import EaselError
-from pipelines.masks import MASKED_CONTENT, OUTPAINT_FILLS, OUTPAINT_MAX, OUTPAINT_STEP
-from pipelines.outpaint import outpaint_request
+from pipelines.imaging.masks import MASKED_CONTENT
+from pipelines.imaging.outpaint import outpaint_request
+from pipelines.imaging.outpaint_canvas import OUTPAINT_FILLS, OUTPAINT_MAX, OUTPAINT_STEP
 from pipelines.requests import GenerationRequest
 from webui.components import (
     OutputPanel,

@@ -1,7 +1,7 @@
 """Extra networks, styles and the VAE picker: what a generation tab adds to a checkpoint, as widgets.
 
 Click a LoRA or an embedding to put it in the tab's prompt; pick styles; save the prompts as a style; choose the
-global VAE. Listing is ``pipelines.networks``, applying them is the engine's; nothing here generates.
+global VAE. Listing is ``pipelines.networks.library``, applying them is the engine's; nothing here generates.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import gradio as gr
 
+from pipelines.conditioning.styles import PromptStyle
 from pipelines.errors import EaselError
-from pipelines.styles import PromptStyle
-from pipelines.vae import is_automatic
+from pipelines.networks.vae import is_automatic
 from webui.components import PromptBoxes
 from webui.context import AppContext
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
-from pipelines.infotext import parse_infotext, read_image_parameters
+from pipelines.metadata.infotext import parse_infotext, read_image_parameters
 
 
 def read_png_info(image: Image.Image | None) -> tuple[str, dict]:

@@ -1,5 +1,5 @@
-"""Unit tests for pipelines.masks: mask extraction, resize modes, only-masked geometry, exact
-paste-back, masked-content fills, latent masks, outpaint canvases and defensive image decoding."""
+"""pipelines.imaging (masks, resize, uploads, outpaint canvas): mask extraction, resize modes, only-masked
+geometry, exact paste-back, masked-content fills, latent masks, outpaint canvases and defensive image decoding."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import masks
 from pipelines.errors import EaselError
+from pipelines.imaging import masks, outpaint_canvas, resize, uploads
 
 
 def rgba_layer(size: tuple[int, int], box: tuple[int, int, int, int], colour=(255, 0, 0)) -> Image.Image:
@@ -163,12 +163,12 @@ def halves(size: tuple[int, int]) -> Image.Image:
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("source", [(200, 100), (100, 200), (64, 64), (33, 77)])
 def test_resize_modes_give_the_target_size(mode, source):
-    out = masks.resize_image(random_image(source, 1), 96, 64, mode)
+    out = resize.resize_image(random_image(source, 1), 96, 64, mode)
     assert out.size == (96, 64) and out.mode == "RGB"
 
 
 def test_just_resize_stretches_everything_in():
-    out = np.asarray(masks.resize_image(halves((200, 100)), 100, 100, 0))
+    out = np.asarray(resize.resize_image(halves((200, 100)), 100, 100, 0))
     assert out[50, 10].tolist() == [255, 0, 0] and out[50, 90].tolist() == [0, 0, 255]
 
 
@@ -176,7 +176,7 @@ def test_crop_and_resize_keeps_the_centre():
     image = Image.new("RGB", (300, 100), (0, 255, 0))  # green borders are cropped away
     image.paste((255, 0, 0), (100, 0, 150, 100))
     image.paste((0, 0, 255), (150, 0, 200, 100))
-    out = np.asarray(masks.resize_image(image, 50, 50, 1))
+    out = np.asarray(resize.resize_image(image, 50, 50, 1))
     assert out[25, 5].tolist() == [255, 0, 0]
     assert out[25, 45].tolist() == [0, 0, 255]
     assert not np.any((out[:, :, 1] > 200) & (out[:, :, 0] < 50))
@@ -186,7 +186,7 @@ def test_resize_and_fill_fits_and_stretches_edge_rows():
     image = Image.new("RGB", (200, 100), (10, 20, 30))
     image.paste((200, 100, 50), (0, 0, 200, 1))  # distinct top row
     image.paste((50, 100, 200), (0, 99, 200, 100))  # distinct bottom row
-    out = np.asarray(masks.resize_image(image, 100, 100, 2)).astype(int)
+    out = np.asarray(resize.resize_image(image, 100, 100, 2)).astype(int)
     # content is 100x50 at rows 25..74; the bars repeat the first / last content row
     assert np.array_equal(out[0], out[24]) and np.array_equal(out[0], out[25])
     assert np.array_equal(out[99], out[75]) and np.array_equal(out[99], out[74])
@@ -194,7 +194,7 @@ def test_resize_and_fill_fits_and_stretches_edge_rows():
 
 
 def test_resize_and_fill_left_right_bars():
-    out = np.asarray(masks.resize_image(halves((100, 200)), 100, 100, 2))
+    out = np.asarray(resize.resize_image(halves((100, 200)), 100, 100, 2))
     assert np.array_equal(out[:, 0], out[:, 25])  # left bar repeats the first content column
     assert np.array_equal(out[:, 99], out[:, 74])
 
@@ -202,7 +202,7 @@ def test_resize_and_fill_left_right_bars():
 @pytest.mark.parametrize("mode", [3, -1, "1", True])
 def test_resize_rejects_unknown_modes(mode):
     with pytest.raises(EaselError, match="resize mode"):
-        masks.resize_image(Image.new("RGB", (8, 8)), 8, 8, mode)
+        resize.resize_image(Image.new("RGB", (8, 8)), 8, 8, mode)
 
 
 # --- only masked geometry ---------------------------------------------------------------------
@@ -388,7 +388,7 @@ def test_latent_fill_modes():
 
 def test_outpaint_canvas_size_placement_and_mask():
     image = random_image((100, 90), 11)
-    canvas, mask = masks.outpaint_canvas(image, left=64, right=0, up=8, down=16, seed=1)
+    canvas, mask = outpaint_canvas.outpaint_canvas(image, left=64, right=0, up=8, down=16, seed=1)
     assert canvas.size == mask.size == (164, 114) and canvas.mode == "RGB" and mask.mode == "L"
     c, m = np.asarray(canvas), np.asarray(mask)
     assert np.array_equal(c[8:98, 64:164], np.asarray(image))
@@ -400,7 +400,7 @@ def test_outpaint_canvas_size_placement_and_mask():
 
 
 def test_outpaint_seam_band_width():
-    canvas, mask = masks.outpaint_canvas(Image.new("RGB", (100, 100), "gray"), right=8, seam_band=32)
+    canvas, mask = outpaint_canvas.outpaint_canvas(Image.new("RGB", (100, 100), "gray"), right=8, seam_band=32)
     m = np.asarray(mask)
     row = m[50, :100]
     assert row[100 - 33] == 0 and 0 < row[100 - 32] < 16 and row[99] == 255
@@ -410,16 +410,16 @@ def test_outpaint_seam_band_width():
 
 def test_outpaint_edge_fill_continues_the_edge_colours():
     image = Image.new("RGB", (32, 32), (200, 40, 40))
-    canvas, _ = masks.outpaint_canvas(image, left=64, right=64, up=64, down=64, fill="edge")
+    canvas, _ = outpaint_canvas.outpaint_canvas(image, left=64, right=64, up=64, down=64, fill="edge")
     c = np.asarray(canvas).astype(int)
     assert np.abs(c - np.array([200, 40, 40])).max() <= 1  # flat colour extends as itself
 
 
 def test_outpaint_noise_is_seeded():
     image = random_image((16, 16), 2)
-    first, _ = masks.outpaint_canvas(image, down=32, fill="noise", seed=5)
-    again, _ = masks.outpaint_canvas(image, down=32, fill="noise", seed=5)
-    other, _ = masks.outpaint_canvas(image, down=32, fill="noise", seed=6)
+    first, _ = outpaint_canvas.outpaint_canvas(image, down=32, fill="noise", seed=5)
+    again, _ = outpaint_canvas.outpaint_canvas(image, down=32, fill="noise", seed=5)
+    other, _ = outpaint_canvas.outpaint_canvas(image, down=32, fill="noise", seed=6)
     assert np.array_equal(np.asarray(first), np.asarray(again))
     assert not np.array_equal(np.asarray(first), np.asarray(other))
     assert np.array_equal(np.asarray(first)[:16], np.asarray(image))
@@ -440,12 +440,12 @@ def test_outpaint_noise_is_seeded():
 )
 def test_outpaint_rejects_bad_amounts(amounts):
     with pytest.raises(EaselError):
-        masks.outpaint_canvas(Image.new("RGB", (16, 16)), **amounts)
+        outpaint_canvas.outpaint_canvas(Image.new("RGB", (16, 16)), **amounts)
 
 
 def test_outpaint_rejects_unknown_fill():
     with pytest.raises(EaselError, match="fill"):
-        masks.outpaint_canvas(Image.new("RGB", (16, 16)), left=8, fill="mirror")
+        outpaint_canvas.outpaint_canvas(Image.new("RGB", (16, 16)), left=8, fill="mirror")
 
 
 # --- defensive decoding -----------------------------------------------------------------------
@@ -454,14 +454,14 @@ def test_outpaint_rejects_unknown_fill():
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_load_common_formats_from_bytes(fmt):
     image = random_image((24, 16), 4)
-    loaded = masks.load_user_image(encode(image, fmt), 10_000)
+    loaded = uploads.load_user_image(encode(image, fmt), 10_000)
     assert loaded.size == (24, 16) and loaded.mode == "RGB"
     if fmt == "PNG":
         assert np.array_equal(np.asarray(loaded), np.asarray(image))
 
 
 def test_load_keeps_transparency():
-    loaded = masks.load_user_image(encode(random_image((8, 8), 1, "RGBA"), "PNG"), 100)
+    loaded = uploads.load_user_image(encode(random_image((8, 8), 1, "RGBA"), "PNG"), 100)
     assert loaded.mode == "RGBA"
 
 
@@ -469,41 +469,41 @@ def test_load_keeps_transparency():
 def test_load_base64_with_and_without_data_prefix(prefix):
     image = random_image((10, 6), 8)
     text = prefix + base64.b64encode(encode(image, "PNG")).decode()
-    assert np.array_equal(np.asarray(masks.load_user_image(text, 100)), np.asarray(image))
+    assert np.array_equal(np.asarray(uploads.load_user_image(text, 100)), np.asarray(image))
 
 
 def test_load_urlsafe_base64_and_whitespace():
     text = base64.urlsafe_b64encode(encode(random_image((10, 6), 8), "PNG")).decode().rstrip("=")
     wrapped = "\n".join(text[i : i + 60] for i in range(0, len(text), 60))
-    assert masks.load_user_image(wrapped, 100).size == (10, 6)
+    assert uploads.load_user_image(wrapped, 100).size == (10, 6)
 
 
 def test_load_paths_only_when_allowed(tmp_path):
     path = tmp_path / "picture.png"
     random_image((5, 7), 3).save(path)
-    assert masks.load_user_image(path, 100).size == (5, 7)
-    assert masks.load_user_image(str(path), 100, allow_paths=True).size == (5, 7)
+    assert uploads.load_user_image(path, 100).size == (5, 7)
+    assert uploads.load_user_image(str(path), 100, allow_paths=True).size == (5, 7)
     with pytest.raises(EaselError):
-        masks.load_user_image(str(path), 100)  # a string from the network is never a server path
+        uploads.load_user_image(str(path), 100)  # a string from the network is never a server path
 
 
 def test_load_applies_exif_orientation():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     data = encode(Image.new("RGB", (40, 20), "white"), "JPEG", exif=exif.tobytes())
-    assert masks.load_user_image(data, 10_000).size == (20, 40)
+    assert uploads.load_user_image(data, 10_000).size == (20, 40)
 
 
 def test_load_refuses_truncated_png():
     data = encode(random_image((64, 64), 12), "PNG")
     with pytest.raises(EaselError, match="damaged|incomplete"):
-        masks.load_user_image(data[: len(data) // 2], 100_000)
+        uploads.load_user_image(data[: len(data) // 2], 100_000)
 
 
 def test_load_refuses_truncated_jpeg():
     data = encode(random_image((64, 64), 12), "JPEG", quality=95)
     with pytest.raises(EaselError):
-        masks.load_user_image(data[: len(data) // 2], 100_000)
+        uploads.load_user_image(data[: len(data) // 2], 100_000)
 
 
 @pytest.mark.parametrize(
@@ -519,7 +519,7 @@ def test_load_refuses_truncated_jpeg():
 )
 def test_load_refuses_things_that_are_not_images(data):
     with pytest.raises(EaselError):
-        masks.load_user_image(data, 100_000)
+        uploads.load_user_image(data, 100_000)
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -535,20 +535,20 @@ def test_load_refuses_a_huge_header_without_allocating():
         + png_chunk(b"IEND", b"")
     )
     with pytest.raises(EaselError, match="too large|more than"):
-        masks.load_user_image(bomb, 4096 * 4096)
+        uploads.load_user_image(bomb, 4096 * 4096)
     with pytest.raises(EaselError, match="too large|more than"):
-        masks.load_user_image(base64.b64encode(bomb).decode(), 4096 * 4096)
+        uploads.load_user_image(base64.b64encode(bomb).decode(), 4096 * 4096)
 
 
 def test_load_refuses_images_over_our_own_limit():
     data = encode(Image.new("RGB", (300, 300)), "PNG")
     with pytest.raises(EaselError, match="300x300"):
-        masks.load_user_image(data, 256 * 256)
+        uploads.load_user_image(data, 256 * 256)
     with pytest.raises(EaselError, match="300x300"):
-        masks.load_user_image(Image.new("RGB", (300, 300)), 256 * 256)
-    assert masks.load_user_image(data, 300 * 300).size == (300, 300)
+        uploads.load_user_image(Image.new("RGB", (300, 300)), 256 * 256)
+    assert uploads.load_user_image(data, 300 * 300).size == (300, 300)
 
 
 def test_load_refuses_formats_outside_the_allow_list():
     with pytest.raises(EaselError, match="not an image"):
-        masks.load_user_image(encode(Image.new("RGB", (4, 4)), "PPM"), 100)
+        uploads.load_user_image(encode(Image.new("RGB", (4, 4)), "PPM"), 100)

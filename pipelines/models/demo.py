@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
-from pipelines.checkpoints import list_checkpoints
-from pipelines.tiny_models import build_tiny_components, save_single_file, tiny_unet_config
+from pipelines.models.checkpoints import list_checkpoints
+from pipelines.models.tiny_models import build_tiny_components, save_single_file, tiny_unet_config
 
 DEMO_FILE = "easel-demo-random-weights.safetensors"
 DEMO_SEED = 20240601

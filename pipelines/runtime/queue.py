@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipelines.errors import EaselError
-from pipelines.jobs import Job
+from pipelines.runtime.jobs import Job
 
 DEFAULT_QUEUE_SIZE = 32
 _POLL_SECONDS = 0.2

@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.checkpoints import HashCache
-from pipelines.embeddings import EmbeddingLibrary
+from pipelines.conditioning.encoder import PromptEncoder
+from pipelines.conditioning.syntax import NetworkTag, extract_network_tags
 from pipelines.errors import EaselError
-from pipelines.lora import LoraFile, LoraTargets, LoraUse, applied_loras, list_lora_files, read_lora
-from pipelines.prompts import NetworkTag, PromptEncoder, extract_network_tags
-from pipelines.vae import VaeCache, find_vae, is_automatic, list_vae_files
+from pipelines.models.checkpoints import HashCache
+from pipelines.networks.embeddings import EmbeddingLibrary
+from pipelines.networks.lora import LoraFile, LoraTargets, LoraUse, applied_loras, list_lora_files, read_lora
+from pipelines.networks.vae import VaeCache, find_vae, is_automatic, list_vae_files
 
 if TYPE_CHECKING:
-    from pipelines.manager import ActiveModel
+    from pipelines.models.manager import ActiveModel
     from pipelines.requests import GenerationRequest
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The CLIP BPE tokenizer, loaded offline from the data shipped in ``pipelines/configs/clip_tokenizer``.
+"""The CLIP BPE tokenizer, loaded offline from the data shipped in ``pipelines/models/configs/clip_tokenizer``.
 
 Every Stable Diffusion family uses the same 49408-token vocabulary; only the padding token differs. CLIP-L
 (SD1.x, SDXL's first encoder) pads with ``<|endoftext|>``; the OpenCLIP encoders (SD2.x, SDXL's second encoder)

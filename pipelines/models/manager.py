@@ -25,10 +25,10 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from pipelines.checkpoints import CheckpointInfo, HashCache, find_checkpoint, list_checkpoints
-from pipelines.devices import available_ram_bytes, module_bytes
 from pipelines.errors import EaselError
-from pipelines.loader import LoadedModel, load_checkpoint
+from pipelines.models.checkpoints import CheckpointInfo, HashCache, find_checkpoint, list_checkpoints
+from pipelines.models.devices import available_ram_bytes, module_bytes
+from pipelines.models.loader import LoadedModel, load_checkpoint
 
 log = logging.getLogger(__name__)
 

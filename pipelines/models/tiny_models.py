@@ -37,8 +37,8 @@ from diffusers import (
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from pipelines.ldm_layout import pipeline_to_ldm
-from pipelines.tokenizers import OPENCLIP_PAD_TOKEN, load_clip_tokenizer
+from pipelines.models.ldm_layout import pipeline_to_ldm
+from pipelines.models.tokenizers import OPENCLIP_PAD_TOKEN, load_clip_tokenizer
 
 TINY_FAMILIES: tuple[str, ...] = (
     "sd1",

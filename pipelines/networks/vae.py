@@ -17,9 +17,9 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-from pipelines.architecture import derive_vae_config
 from pipelines.errors import EaselError
-from pipelines.loader import PICKLE_SUFFIXES, load_state_dict
+from pipelines.models.architecture import derive_vae_config
+from pipelines.models.loader import PICKLE_SUFFIXES, load_state_dict
 
 VAE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 AUTOMATIC = "Automatic"

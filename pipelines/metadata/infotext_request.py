@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.infotext import parse_infotext
-from pipelines.masks import MASKED_CONTENT, RESIZE_MODES
+from pipelines.imaging.masks import MASKED_CONTENT
+from pipelines.imaging.resize import RESIZE_MODES
+from pipelines.metadata.infotext import parse_infotext
 
 # infotext key -> (request field, converter)
 _SIMPLE: dict[str, tuple[str, Callable[[str], Any]]] = {

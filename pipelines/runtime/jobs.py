@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.preview import latents_to_preview
+from pipelines.runtime.preview import latents_to_preview
 
 
 @dataclass

@@ -6,22 +6,16 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from pipelines.errors import EaselError
-from pipelines.prompts import (
-    BREAK,
-    NetworkTag,
-    PromptEmbeds,
-    PromptEncoder,
+from pipelines.conditioning.encoder import PromptEmbeds, PromptEncoder, pad_to_same_length, tokenize_prompt
+from pipelines.conditioning.prompt_schedules import (
     StepRange,
     conditioning_schedule,
-    extract_network_tags,
     group_steps,
-    pad_to_same_length,
-    parse_prompt_attention,
     schedule_prompt,
-    tokenize_prompt,
 )
-from pipelines.tokenizers import load_clip_tokenizer
+from pipelines.conditioning.syntax import BREAK, NetworkTag, extract_network_tags, parse_prompt_attention
+from pipelines.errors import EaselError
+from pipelines.models.tokenizers import load_clip_tokenizer
 
 BOS, EOS = 49406, 49407
 COMMA = 267

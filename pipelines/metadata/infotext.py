@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from PIL import Image
 
 from pipelines.errors import EaselError
-from pipelines.samplers import split_sampler_name
+from pipelines.sampling.samplers import split_sampler_name
 
 # A1111's order; keys not listed follow in insertion order, and "Version" always closes the line.
 KEY_ORDER: tuple[str, ...] = (

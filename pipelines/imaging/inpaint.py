@@ -12,9 +12,8 @@ import numpy as np
 from PIL import Image
 
 from pipelines.errors import EaselError
-from pipelines.masks import (
+from pipelines.imaging.masks import (
     MASKED_CONTENT,
-    RESIZE_MODES,
     blur_mask,
     composite_masked,
     crop_for_only_masked,
@@ -23,8 +22,8 @@ from pipelines.masks import (
     is_empty_mask,
     mask_from_upload,
     paste_back,
-    resize_image,
 )
+from pipelines.imaging.resize import RESIZE_MODES, resize_image
 from pipelines.requests import GenerationRequest
 
 Box = tuple[int, int, int, int]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pipelines.errors import EaselError
-from pipelines.loader import PICKLE_SUFFIXES, load_pickle_weights, load_state_dict
+from pipelines.models.loader import PICKLE_SUFFIXES, load_pickle_weights, load_state_dict
 
 log = logging.getLogger(__name__)
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")

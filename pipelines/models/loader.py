@@ -25,9 +25,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from pipelines.architecture import FAMILIES, Architecture, TextEncoderSpec, derive_architecture, parse_sidecar_yaml
 from pipelines.errors import EaselError
-from pipelines.tokenizers import load_clip_tokenizer
+from pipelines.models.architecture import (
+    FAMILIES,
+    Architecture,
+    TextEncoderSpec,
+    derive_architecture,
+    parse_sidecar_yaml,
+)
+from pipelines.models.tokenizers import load_clip_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -11,7 +11,7 @@ import random
 from dataclasses import replace
 
 from pipelines.errors import EaselError
-from pipelines.masks import OUTPAINT_FILLS, outpaint_canvas
+from pipelines.imaging.outpaint_canvas import OUTPAINT_FILLS, outpaint_canvas
 from pipelines.requests import MAX_SEED, GenerationRequest
 
 MIN_SIDE = 64

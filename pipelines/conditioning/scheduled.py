@@ -15,13 +15,9 @@ from typing import Any
 
 import torch
 
-from pipelines.prompts import (
-    PromptEmbeds,
-    PromptEncoder,
-    conditioning_schedule,
-    extract_network_tags,
-    pad_to_same_length,
-)
+from pipelines.conditioning.encoder import PromptEmbeds, PromptEncoder, pad_to_same_length
+from pipelines.conditioning.prompt_schedules import conditioning_schedule
+from pipelines.conditioning.syntax import extract_network_tags
 
 
 @dataclass

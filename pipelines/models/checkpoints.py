@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import EaselError
-from pipelines.loader import PICKLE_SUFFIXES
+from pipelines.models.loader import PICKLE_SUFFIXES
 
 CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 

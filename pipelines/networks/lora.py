@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from pipelines.errors import EaselError
-from pipelines.ldm_layout import UNET_PREFIX, unet_to_ldm
-from pipelines.loader import PICKLE_SUFFIXES, load_state_dict
+from pipelines.models.ldm_layout import UNET_PREFIX, unet_to_ldm
+from pipelines.models.loader import PICKLE_SUFFIXES, load_state_dict
 
 LORA_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 

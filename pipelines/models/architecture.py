@@ -1,7 +1,7 @@
 """Which Stable Diffusion family a checkpoint is, and its diffusers configs, read from tensor shapes alone.
 
 Works on a mapping of key -> shape in the original LDM/SGM layout, so a full-size SD1.5 file and a tiny test
-checkpoint of the same family go through the same code. The shipped family config (``pipelines/configs``)
+checkpoint of the same family go through the same code. The shipped family config (``pipelines/models/configs``)
 supplies only what shapes cannot tell: scheduler, prediction type, VAE scaling, activation functions.
 """
 

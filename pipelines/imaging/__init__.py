@@ -1,0 +1,1 @@
+"""Pixels in and out: decoding uploads, resizing, masks, inpaint and outpaint geometry."""

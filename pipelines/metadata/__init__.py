@@ -1,0 +1,1 @@
+"""A1111 infotext (write and read) and saving outputs."""

@@ -1,0 +1,1 @@
+"""Checkpoint files -> loaded modules: discovery, architecture from tensor shapes, layouts, loading, the manager."""

@@ -1,0 +1,1 @@
+"""What a prompt or the UI adds to a model: LoRA, VAEs, textual-inversion embeddings."""

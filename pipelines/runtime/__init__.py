@@ -1,0 +1,1 @@
+"""Jobs, the shared queue, and live previews."""

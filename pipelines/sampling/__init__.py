@@ -1,0 +1,1 @@
+"""Samplers and schedules, variation noise, and the hires fix's second pass."""
