@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,10 @@ from pipelines.conditioning.encoder import PromptEncoder
 from pipelines.conditioning.scheduled import ScheduledConditioning, encode_conditioning
 from pipelines.conditioning.styles import StyleLibrary, StylesFileError
 from pipelines.errors import EaselError
+from pipelines.fields import FIELDS
 from pipelines.imaging.inpaint import (
     InpaintPlan,
     finish_inpaint,
-    img2img_infotext_params,
-    inpaint_infotext_params,
     prepare_img2img,
     prepare_inpaint,
 )
@@ -32,9 +31,10 @@ from pipelines.networks.library import NetworkFolders, NetworkLibrary, NetworkUs
 from pipelines.requests import MODE_FOLDERS, GenerationRequest, GenerationResult
 from pipelines.runtime.jobs import Job
 from pipelines.runtime.queue import GenerationQueue
-from pipelines.sampling.hires import hires_infotext_params, hires_sampled_steps, hires_steps, second_pass_inputs
+from pipelines.sampling.hires import hires_sampled_steps, hires_steps, second_pass_inputs
 from pipelines.sampling.samplers import build_scheduler
-from pipelines.sampling.variations import variation_infotext_params, variation_noise
+from pipelines.sampling.strength import effective_strength, img2img_steps
+from pipelines.sampling.variations import image_subseeds, variation_noise
 
 log = logging.getLogger(__name__)
 VERSION = "easel-0.1"
@@ -47,7 +47,6 @@ class EngineSettings:
     preview_every: int = 1  # live preview every N steps; 0 disables
     save_outputs: bool = True
     sd_vae: str | None = None  # A1111's global sd_vae: used when a request names no VAE (None: Automatic)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def encoder_kind(family: str) -> str:
@@ -81,7 +80,7 @@ def _ignored_fields(request: GenerationRequest) -> list[str]:
 
 def _strength(request: GenerationRequest) -> float:
     """Denoising strength, raised so that at least one step runs (A1111 runs one step at strength 0 too)."""
-    return min(1.0, max(request.denoising_strength, 1.0 / request.steps))
+    return effective_strength(request.steps, request.denoising_strength)
 
 
 class Engine:
@@ -123,14 +122,12 @@ class Engine:
     def prompt_encoder(self, active: ActiveModel) -> PromptEncoder:
         """One encoder per loaded model and state of the embeddings folder, kept with the model."""
         embeddings = self.networks.embeddings.current()
-        encoder = active.extra.get("prompt_encoder")
-        if encoder is None or active.extra.get("prompt_encoder_embeddings") is not embeddings:
+        if active.prompt_encoder is None or active.prompt_encoder_embeddings is not embeddings:
             m = active.model
             pairs = list(zip(m.tokenizers, m.text_encoders, strict=True))
-            encoder = PromptEncoder(pairs, encoder_kind(m.family), embeddings.vectors)
-            active.extra["prompt_encoder"] = encoder
-            active.extra["prompt_encoder_embeddings"] = embeddings
-        return encoder
+            active.prompt_encoder = PromptEncoder(pairs, encoder_kind(m.family), embeddings.vectors)
+            active.prompt_encoder_embeddings = embeddings
+        return active.prompt_encoder
 
     def _embeddings(
         self, active: ActiveModel, request: GenerationRequest, hires: bool = False
@@ -154,18 +151,9 @@ class Engine:
     def infotext(
         self, request: GenerationRequest, active: ActiveModel, seed: int, extra: dict[str, object] | None = None
     ) -> str:
-        params: dict[str, object] = {
-            "Steps": request.steps,
-            "Sampler": request.sampler,
-            "Schedule type": request.schedule_type if request.schedule_type != "Automatic" else None,
-            "CFG scale": request.cfg_scale,
-            "Seed": seed,
-            "Size": f"{request.width}x{request.height}",
-            "Model hash": active.hash,
-            "Model": active.info.model_name,
-            "Denoising strength": request.denoising_strength if request.mode != "txt2img" else None,
-            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
-        }
+        """A1111's parameters text for one image: every registered field's key, the model, what networks add."""
+        params = FIELDS.infotext_params(request, seed)
+        params.update({"Model hash": active.hash, "Model": active.info.model_name})
         params.update(extra or {})
         params.update(request.extra_params)
         params["Version"] = VERSION
@@ -177,33 +165,36 @@ class Engine:
         request = request.validated()
         if request.vae is None and self.settings.sd_vae:
             request = replace(request, vae=self.settings.sd_vae)
-        request, notes = self._styled(request)
+        request, styles, notes = self._styled(request)
         job = Job() if job is None else job
-        job.batch_total = request.batch_count
+        job.plan(request.batch_count)
         with self.queue.place(job) as place:  # EaselError when the line is full
             if request.checkpoint:
                 self.manager.prepare(request.checkpoint)  # load from disk while waiting in line
             if not self.queue.wait_turn(place):  # interrupted before its turn came
-                job.status = "interrupted"
-                return GenerationResult([], [], [], [], request, "", None, warnings=notes, interrupted=True)
+                job.set_status("interrupted")
+                return GenerationResult(
+                    [], [], [], [], request, "", None, warnings=notes, interrupted=True, styles=styles
+                )
             result = self._generate_now(request, job)
         result.warnings[:0] = notes
+        result.styles = styles
         return result
 
-    def _styled(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
-        """Styles applied once, here (the result and infotext hold the styled prompts), and what the user must know.
+    def _styled(self, request: GenerationRequest) -> tuple[GenerationRequest, tuple[str, ...], list[str]]:
+        """Styles applied once, here: the styled request, the names applied (for the result), what the user must know.
 
         A styles file that cannot be read is the server's problem, not this request's: the image is made without the
         styles and a warning says why, as for a missing LoRA. A style name the file lacks is still an error.
         """
         if not request.styles:
-            return request, []
+            return request, (), []
         try:
             prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
         except StylesFileError as exc:
             names = ", ".join(repr(name) for name in request.styles)
-            return replace(request, styles=()), [f"{exc} Generated without the styles {names}."]
-        return replace(request, prompt=prompt, negative_prompt=negative, styles=()), []
+            return replace(request, styles=()), (), [f"{exc} Generated without the styles {names}."]
+        return replace(request, prompt=prompt, negative_prompt=negative, styles=()), request.styles, []
 
     def switch_checkpoint(self, name: str) -> ActiveModel:
         """Make a checkpoint the active one, taking a turn in the queue like a generation (never mid-job)."""
@@ -217,16 +208,16 @@ class Engine:
         target = self._target_checkpoint(request)
         self.manager.prepare(target)  # slow disk load happens outside the device lock
         with self.manager.device_lock:
-            job.status = "running"
+            job.set_status("running")
             try:
                 active = self.manager.activate(target)
                 device, dtype = self.manager.device, self.manager.dtype
                 with self.networks.applied(active, request, device, dtype) as worn:
                     result = self._run(request, active, job, worn)
             except BaseException:
-                job.status = "failed"
+                job.set_status("failed")
                 raise
-            job.status = "interrupted" if result.interrupted else "done"
+            job.set_status("interrupted" if result.interrupted else "done")
             return result
 
     def _run(
@@ -237,34 +228,32 @@ class Engine:
         self.networks.embedding_notes(self.prompt_encoder(active), request, worn)
         plan = prepare_inpaint(request) if request.mode == "inpaint" else None
         init = prepare_img2img(request) if request.mode == "img2img" else None
-        extra = inpaint_infotext_params(request) if plan else img2img_infotext_params(request) if init else {}
-        extra = {**extra, **hires_infotext_params(request), **worn.infotext}
+        extra = worn.infotext
         images: list[Image.Image] = []
         seeds: list[int] = []
         infotexts: list[str] = []
         paths: list[Path] = []
         when = datetime.now()
         steps_per_batch = self._sampled_steps(request)
-        job.total_steps = steps_per_batch * request.batch_count
+        job.plan(request.batch_count, steps_per_batch * request.batch_count)
         for batch in range(request.batch_count):
             if job.interrupted:
                 break
-            job.batch_index = batch
+            job.start_batch(batch, batch * steps_per_batch)
             batch_seeds = [request.seed + batch * request.batch_size + i for i in range(request.batch_size)]
-            job.step = batch * steps_per_batch
             inputs = self._mode_inputs(request, active, batch_seeds, plan, init)
             batch_images = self._sample(request, active, embeds, batch_seeds, job, dict(inputs))
             if plan is not None:
                 batch_images = [finish_inpaint(plan, image) for image in batch_images]
             for image, seed in zip(batch_images, batch_seeds, strict=True):
-                text = self.infotext(request, active, seed, {**variation_infotext_params(request, seed), **extra})
+                text = self.infotext(request, active, seed, extra)
                 if request.save and self.settings.save_outputs:
                     paths.append(save_image(image, self.outputs_dir, MODE_FOLDERS[request.mode], seed, text, when))
                 images.append(image)
                 seeds.append(seed)
                 infotexts.append(text)
         if not job.interrupted:
-            job.step = job.total_steps
+            job.finish_steps()
         return GenerationResult(
             images,
             seeds,
@@ -275,6 +264,11 @@ class Engine:
             active.hash,
             warnings=[*worn.warnings, *_ignored_fields(request)],
             interrupted=job.interrupted,
+            subseeds=image_subseeds(request.seed, request.subseed, seeds),
+            prompts=[request.prompt] * len(images),
+            negative_prompts=[request.negative_prompt] * len(images),
+            vae_name=worn.vae,
+            vae_hash=worn.vae_hash,
         )
 
     @staticmethod
@@ -282,7 +276,7 @@ class Engine:
         """Steps the sampler really runs: img2img and inpaint run ``steps * denoising strength`` like A1111."""
         if request.mode == "txt2img":
             return request.steps + (hires_sampled_steps(request) if request.enable_hr else 0)
-        return request.steps - int(request.steps - request.steps * _strength(request))
+        return img2img_steps(request.steps, request.denoising_strength)
 
     def _mode_inputs(
         self,
@@ -294,10 +288,10 @@ class Engine:
     ) -> dict[str, Any]:
         """The pipeline arguments that differ between txt2img, img2img and inpaint."""
         n = len(seeds)
-        inpaint_model = active.model.unet.config.in_channels == 9
+        inpaint_model = active.is_inpaint
         if request.mode == "txt2img":
             shape = (active.model.vae.config.latent_channels, request.height // 8, request.width // 8)
-            subseeds = [request.subseed + (seed - request.seed) for seed in seeds]  # A1111: subseed + i too
+            subseeds = image_subseeds(request.seed, request.subseed, seeds)
             resize_from = (request.seed_resize_from_w, request.seed_resize_from_h)
             noise = variation_noise(seeds, shape, subseeds, request.subseed_strength, resize_from)
             latents = noise.to(self.manager.device, self.manager.dtype)
@@ -398,16 +392,17 @@ class Engine:
         n = len(seeds)
         batch_embeds = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.pipeline_kwargs(0).items()}
         strength = inputs.get("strength")
-        sampled = request.steps if strength is None else request.steps - int(request.steps - request.steps * strength)
+        sampled = request.steps if strength is None else img2img_steps(request.steps, strength)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         first_step = job.step
         every = self.settings.preview_every
         sdxl = active.model.is_sdxl
 
         def on_step_end(pipeline: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            job.step = first_step + i + 1
+            done = first_step + i + 1
+            job.advance(done)
             if every and (i + 1) % every == 0 and "latents" in kwargs:
-                job.offer_latents(kwargs["latents"], job.step, sdxl)
+                job.offer_latents(kwargs["latents"], done, sdxl)
             if job.interrupted or job.take_skip():
                 pipeline._interrupt = True
             kwargs.update(embeds.swap_after(pipeline, i, sampled, n))

@@ -9,10 +9,11 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.errors import EaselError
+from pipelines.fields import FIELDS, MODES
 from pipelines.sampling.samplers import SCHEDULE_TYPES, split_sampler_name
 
 MAX_SEED = 2**32 - 1
-MODE_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "inpaint": "inpaint-images"}
+MODE_FOLDERS = {mode: f"{mode}-images" for mode in MODES}
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -80,22 +81,14 @@ class GenerationRequest:
 
     def validated(self) -> GenerationRequest:
         """A copy with names canonical and a concrete seed; raises EaselError naming what is wrong."""
-        if self.mode not in MODE_FOLDERS:
-            raise EaselError(f"unknown mode '{self.mode}' (use txt2img, img2img or inpaint)")
+        if self.mode not in MODES:
+            raise EaselError(f"unknown mode '{self.mode}' (use {', '.join(MODES)})")
         sampler, schedule = split_sampler_name(self.sampler)
         schedule_type = schedule or self.schedule_type or "Automatic"
         match = next((s for s in SCHEDULE_TYPES if s.lower() == schedule_type.lower()), None)
         if match is None:
             raise EaselError(f"unknown schedule type '{schedule_type}'; use one of {', '.join(SCHEDULE_TYPES)}")
-        _check_range("Steps", self.steps, 1, 150)
-        _check_range("CFG scale", self.cfg_scale, 1, 30)
-        for name, value in (("Width", self.width), ("Height", self.height)):
-            _check_range(name, value, 64, 2048)
-            if value % 8:
-                raise EaselError(f"{name} must be a multiple of 8 (got {value})")
-        _check_range("Batch count", self.batch_count, 1, 100)
-        _check_range("Batch size", self.batch_size, 1, 8)
-        _check_range("Clip skip", self.clip_skip, 1, 12)
+        self._check("steps", "cfg_scale", "width", "height", "batch_count", "batch_size", "clip_skip")
         seed = _whole_number("Seed", self.seed)
         if seed == -1:
             seed = random.randint(0, MAX_SEED)
@@ -103,19 +96,16 @@ class GenerationRequest:
         if self.mode != "txt2img":
             if self.init_image is None:
                 raise EaselError("no image given: upload or paste an image first")
-            _check_range("Denoising strength", self.denoising_strength, 0, 1)
-            _check_range("Resize mode", self.resize_mode, 0, 2)
+            self._check("denoising_strength", "resize_mode")
         if self.mode == "inpaint":
             if self.mask is None:
                 raise EaselError("paint a mask first (or upload one)")
-            _check_range("Mask blur", self.mask_blur, 0, 64)
-            _check_range("Masked content", self.inpainting_fill, 0, 3)
-            _check_range("Only masked padding", self.inpaint_full_res_padding, 0, 256)
+            self._check("mask_blur", "inpainting_fill", "inpaint_full_res_padding")
         subseed = _whole_number("Variation seed", self.subseed) if self.subseed is not None else -1
         if subseed == -1:
             subseed = random.randint(0, MAX_SEED)
         _check_range("Variation seed", subseed, 0, MAX_SEED)
-        _check_range("Variation strength", self.subseed_strength, 0, 1)
+        self._check("subseed_strength")
         for name, value in (("width", self.seed_resize_from_w), ("height", self.seed_resize_from_h)):
             if value > 0:  # 0 or -1: off. The old size's noise is drawn in full: unbounded, it could exhaust RAM
                 _check_range(f"Resize seed from {name}", value, 1, 2048)
@@ -135,6 +125,11 @@ class GenerationRequest:
             batch_size=int(self.batch_size),
             clip_skip=int(self.clip_skip),
         )
+
+    def _check(self, *names: str) -> None:
+        """Each field's declared bounds (pipelines.fields), with the message a user can act on."""
+        for name in names:
+            FIELDS[name].check(getattr(self, name))
 
     @property
     def image_count(self) -> int:
@@ -173,7 +168,11 @@ def _checked_hires(request: GenerationRequest) -> dict[str, object]:
 
 @dataclass
 class GenerationResult:
-    """Images with their seeds, infotexts and saved paths (paths empty when not saved)."""
+    """Images with their seeds, infotexts and saved paths (paths empty when not saved), and what made them.
+
+    ``request`` is the validated request as run: styles already applied to its prompts (and cleared, so running it
+    again does not apply them twice), a concrete seed and subseed. What it no longer says is kept here.
+    """
 
     images: list[Image.Image]
     seeds: list[int]
@@ -184,3 +183,9 @@ class GenerationResult:
     model_hash: str | None
     warnings: list[str] = field(default_factory=list)
     interrupted: bool = False
+    subseeds: list[int] = field(default_factory=list)  # the variation seed of each image
+    prompts: list[str] = field(default_factory=list)  # each image's prompts, styles applied
+    negative_prompts: list[str] = field(default_factory=list)
+    styles: tuple[str, ...] = ()  # the styles applied to the prompts
+    vae_name: str | None = None  # the VAE file decoded with; None: the checkpoint's own
+    vae_hash: str | None = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -16,9 +15,10 @@ import webuiapi
 from PIL import Image
 
 from pipelines.metadata.infotext import parse_infotext
-from tests.api_support import AUTH, PASSWORD, USER, b64, decode, picture_and_mask, private_models_dir, server_args
+from tests.api_support import AUTH, PASSWORD, USER, b64, decode, picture_and_mask
 from tests.api_support import tiny_txt2img as payload
-from tests.server import running_server
+from tests.server import LaunchedServer
+from tests.threads import CheckedThread
 from webui.api import MAX_REQUEST_PIXELS
 
 pytestmark = pytest.mark.app
@@ -26,13 +26,9 @@ TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("api")
-    models = private_models_dir(models_dir, root)
-    outputs = root / "outputs"
-    args = server_args(models, outputs, "--auth", f"{USER}:{PASSWORD}", "--max-upload-mb", "2", "--queue-size", "2")
-    with running_server(args, root / "server.log") as url:
-        yield url, outputs
+def server(auth_server: LaunchedServer) -> tuple[str, Path]:
+    """The session's shared server with a login (``--queue-size 2 --max-upload-mb 2``; see conftest)."""
+    return auth_server.url, auth_server.outputs
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +52,7 @@ def get(url: str, path: str, **kw):
 # -- webuiapi, unchanged, as a real client ----------------------------------------------------------------
 def test_webuiapi_txt2img_returns_images_info_and_saves(api: webuiapi.WebUIApi, server) -> None:
     _, outputs = server
+    before = set(outputs.glob("txt2img-images/*/*.png"))  # the shared server's folder holds other tests' images
     result = api.txt2img(prompt="a red boat", width=64, height=64, seed=11, batch_size=2, save_images=True)
     assert [im.size for im in result.images] == [(64, 64), (64, 64)]
     info = result.info
@@ -64,7 +61,7 @@ def test_webuiapi_txt2img_returns_images_info_and_saves(api: webuiapi.WebUIApi, 
     assert info["width"] == 64 and info["sampler_name"] == "Euler a" and info["version"].startswith("easel")
     assert parse_infotext(info["infotexts"][1])["Seed"] == "12"
     assert result.parameters["prompt"] == "a red boat"
-    saved = sorted(p.name.split("-", 1)[1] for p in outputs.glob("txt2img-images/*/*.png"))
+    saved = sorted(p.name.split("-", 1)[1] for p in set(outputs.glob("txt2img-images/*/*.png")) - before)
     assert saved == ["11.png", "12.png"]
     # the returned PNG carries its parameters, and png-info reads them back
     read = api.png_info(result.images[0])
@@ -145,7 +142,7 @@ def test_progress_and_interrupt(api: webuiapi.WebUIApi, server) -> None:
     def long_job() -> None:
         box["result"] = post(url, "txt2img", payload(steps=150, n_iter=3))
 
-    thread = threading.Thread(target=long_job)
+    thread = CheckedThread(target=long_job)
     thread.start()
     deadline = time.monotonic() + 60
     seen = None
@@ -262,8 +259,8 @@ def test_a_full_queue_answers_429_at_once(api: webuiapi.WebUIApi, server) -> Non
     def job_count() -> int:
         return api.get_progress()["state"]["job_count"]
 
-    running = threading.Thread(target=send, args=("running", payload(steps=150, n_iter=3)))
-    waiting = threading.Thread(target=send, args=("waiting", payload()))
+    running = CheckedThread(target=send, args=("running", payload(steps=150, n_iter=3)))
+    waiting = CheckedThread(target=send, args=("waiting", payload()))
     try:
         running.start()
         deadline = time.monotonic() + 60
@@ -419,13 +416,12 @@ def test_ui_login_uses_the_same_credentials(server) -> None:
 
 
 # -- without credentials (loopback only) -----------------------------------------------------------------------
-def test_api_without_auth(models_dir: Path, tmp_path: Path) -> None:
-    models = private_models_dir(models_dir, tmp_path)
-    with running_server(server_args(models, tmp_path / "out"), tmp_path / "server.log") as url:
-        api = webuiapi.WebUIApi(baseurl=f"{url}/sdapi/v1", steps=2)
-        assert api.txt2img(prompt="x", width=64, height=64, seed=3).info["all_seeds"] == [3]
-        assert requests.get(f"{url}/sdapi/v1/options", timeout=TIMEOUT).status_code == 200
-        assert requests.get(f"{url}/sdapi/v1/options", headers={"Host": "evil.example"}).status_code == 421
+def test_api_without_auth(plain_server: LaunchedServer) -> None:
+    url = plain_server.url
+    api = webuiapi.WebUIApi(baseurl=f"{url}/sdapi/v1", steps=2)
+    assert api.txt2img(prompt="x", width=64, height=64, seed=3).info["all_seeds"] == [3]
+    assert requests.get(f"{url}/sdapi/v1/options", timeout=TIMEOUT).status_code == 200
+    assert requests.get(f"{url}/sdapi/v1/options", headers={"Host": "evil.example"}).status_code == 421
 
 
 def test_infotext_field_fills_what_the_payload_leaves_unset(server) -> None:
@@ -444,3 +440,65 @@ def test_infotext_field_fills_what_the_payload_leaves_unset(server) -> None:
     assert fields["Seed"] == "321" and fields["Size"] == "64x64" and fields["CFG scale"] == "4.5"
     assert fields["Sampler"] == "DPM++ 2M" and fields["Schedule type"] == "Karras" and fields["Clip skip"] == "2"
     assert fields["Model"] == "tiny-sd1"
+
+
+def _write_tiny_vae(folder: Path, name: str) -> Path:
+    """A real, loadable VAE (the fixture's ``tiny-vae.safetensors`` is only bytes to list)."""
+    from safetensors.torch import save_file
+
+    from pipelines.models.ldm_layout import vae_to_ldm
+    from pipelines.models.tiny_models import build_tiny_components
+
+    state = build_tiny_components("sd1", seed=7)["vae"].state_dict()
+    path = folder / name
+    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(state).items()}, str(path))
+    return path
+
+
+def test_info_carries_variation_seeds_vae_and_styles_the_engine_used(server) -> None:
+    url, outputs = server
+    response = post(url, "txt2img", payload(batch_size=2, seed=5, subseed=7, subseed_strength=0.5))
+    assert response.status_code == 200, response.text[:300]
+    info = json.loads(response.json()["info"])
+    assert (info["seed"], info["all_seeds"]) == (5, [5, 6])
+    assert (info["subseed"], info["all_subseeds"], info["subseed_strength"]) == (7, [7, 8], 0.5)
+    assert (info["seed_resize_from_w"], info["seed_resize_from_h"], info["sd_vae_name"]) == (-1, -1, None)
+    styles = outputs.parent / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\nfancy,"masterpiece, {prompt}",lowres\n')
+    vae = _write_tiny_vae(outputs.parent / "models" / "VAE", "real-tiny.vae.safetensors")
+    try:
+        body = payload(styles=["fancy"], override_settings={"sd_vae": vae.name}, seed_resize_from_w=48)
+        response = post(url, "txt2img", {**body, "seed_resize_from_h": 80})
+        assert response.status_code == 200, response.text[:300]
+        info = json.loads(response.json()["info"])
+        assert info["sd_vae_name"] == vae.name and len(info["sd_vae_hash"]) == 10
+        assert (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (48, 80)
+        assert info["styles"] == ["fancy"] and info["all_prompts"] == ["masterpiece, a red boat"]
+        assert info["all_negative_prompts"] == ["lowres"]
+    finally:
+        styles.unlink(missing_ok=True)
+        vae.unlink()
+
+
+def test_options_write_engine_settings_through_one_checked_writer(server) -> None:
+    url, outputs = server
+    before = get(url, "options").json()
+    vae = _write_tiny_vae(outputs.parent / "models" / "VAE", "global-tiny.vae.safetensors")
+    try:
+        assert post(url, "options", {"sd_vae": "global-tiny.vae", "sd_checkpoint_cache": 3}).status_code == 200
+        options = get(url, "options").json()
+        assert (options["sd_vae"], options["sd_checkpoint_cache"]) == (vae.name, 3)  # the file's own name
+        info = json.loads(post(url, "txt2img", payload()).json()["info"])
+        assert info["sd_vae_name"] == vae.name
+        bad = post(url, "options", {"sd_vae": "no-such-vae", "show_progress_every_n_steps": 2})
+        assert bad.status_code == 422 and "no VAE named 'no-such-vae'" in bad.json()["detail"]
+        assert get(url, "options").json()["show_progress_every_n_steps"] == before["show_progress_every_n_steps"]
+        for key, value in (("show_progress_every_n_steps", -1), ("sd_checkpoint_cache", 1000), ("samples_save", "x")):
+            bad = post(url, "options", {key: value})
+            assert bad.status_code == 422 and key in bad.json()["detail"], bad.text
+        assert post(url, "options", {"sd_vae": "None"}).status_code == 200
+        assert get(url, "options").json()["sd_vae"] == "Automatic"
+    finally:
+        keys = ("sd_vae", "sd_checkpoint_cache", "show_progress_every_n_steps", "samples_save")
+        post(url, "options", {key: before[key] for key in keys})
+        vae.unlink()

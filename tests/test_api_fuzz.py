@@ -7,7 +7,6 @@ expensive (big images, many steps) are scaled down before sending, so the time g
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -16,8 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from tests.api_support import AUTH, USER, private_models_dir, server_args
-from tests.server import running_server
+from tests.api_support import AUTH
 
 pytestmark = pytest.mark.app
 BUDGET_SECONDS = 60
@@ -50,10 +48,10 @@ def scaled_down(path: str, body: object) -> object:
     return body
 
 
-def test_no_input_makes_a_server_error(models_dir: Path, tmp_path: Path) -> None:
-    models = private_models_dir(models_dir, tmp_path)
-    args = server_args(models, tmp_path / "outputs", "--auth", f"{USER}:{AUTH[1]}", "--max-upload-mb", "1")
-    with running_server(args, tmp_path / "server.log") as url:
+def test_no_input_makes_a_server_error(launch) -> None:
+    # A server of its own: fuzzed POSTs to /options, /unload-checkpoint ... change what other tests would see.
+    with launch("fuzz", "--max-upload-mb", "1", auth="flag") as server:
+        url = server.url
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json", auth=AUTH)
         operations = [result.ok() for result in schema.get_all_operations()]
         operations = [op for op in operations if op.path not in NOT_FUZZED]

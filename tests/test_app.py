@@ -9,18 +9,14 @@ from gradio_client import Client
 from PIL import Image
 
 from pipelines.metadata.infotext import parse_infotext
-from tests.server import running_server
+from tests.server import LaunchedServer
 
 pytestmark = pytest.mark.app
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    outputs = tmp_path_factory.mktemp("app-outputs")
-    log = tmp_path_factory.mktemp("app-log") / "server.log"
-    args = ["--models-dir", str(models_dir), "--outputs-dir", str(outputs), "--ckpt", "tiny-sd1.safetensors"]
-    with running_server(args, log) as url:
-        yield url, outputs
+def server(plain_server: LaunchedServer) -> tuple[str, Path]:
+    return plain_server.url, plain_server.outputs
 
 
 def txt2img(client: Client, **overrides):
@@ -46,9 +42,10 @@ def txt2img(client: Client, **overrides):
 def test_txt2img_through_gradio_client_saves_images_with_metadata(server) -> None:
     url, outputs = server
     client = Client(url, verbose=False)
+    before = set(outputs.glob("txt2img-images/*/*.png"))  # the shared server's folder holds other tests' images
     gallery, _preview, _progress, infotext, *_ = txt2img(client)
     assert len(gallery) == 2
-    saved = sorted(outputs.glob("txt2img-images/*/*.png"))
+    saved = sorted(set(outputs.glob("txt2img-images/*/*.png")) - before)
     assert [p.name.split("-", 1)[1] for p in saved] == ["77.png", "78.png"]
     with Image.open(saved[0]) as image:
         assert image.size == (64, 64)

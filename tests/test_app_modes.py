@@ -10,7 +10,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from pipelines.metadata.infotext import parse_infotext
-from tests.server import running_server
+from tests.server import LaunchedServer
 
 pytestmark = pytest.mark.app
 
@@ -29,12 +29,8 @@ PANEL = {
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    outputs = tmp_path_factory.mktemp("modes-app-outputs")
-    log = tmp_path_factory.mktemp("modes-app-log") / "server.log"
-    args = ["--models-dir", str(models_dir), "--outputs-dir", str(outputs), "--ckpt", "tiny-sd1.safetensors"]
-    with running_server(args, log) as url:
-        yield Client(url, verbose=False), outputs
+def server(plain_server: LaunchedServer) -> tuple[Client, Path]:
+    return Client(plain_server.url, verbose=False), plain_server.outputs
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.browser import browser_page, set_number
-from tests.server import running_server
+from tests.server import LaunchedServer
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    outputs = tmp_path_factory.mktemp("browser-outputs")
-    log = tmp_path_factory.mktemp("browser-log") / "server.log"
-    args = ["--models-dir", str(models_dir), "--outputs-dir", str(outputs), "--ckpt", "tiny-sd1.safetensors"]
-    with running_server(args, log) as url:
-        yield url, outputs
+def server(plain_server: LaunchedServer) -> tuple[str, Path]:
+    return plain_server.url, plain_server.outputs
 
 
 def test_type_prompt_generate_and_see_image_in_gallery(server, tmp_path: Path) -> None:

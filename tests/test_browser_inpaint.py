@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import browser_page, set_number
-from tests.server import running_server
+from tests.server import LaunchedServer
 from webui.tabs.inpaint import BRUSH_SIZE
 
 pytestmark = pytest.mark.browser
@@ -19,12 +19,8 @@ MASK_BLUR = 4
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    outputs = tmp_path_factory.mktemp("inpaint-browser-outputs")
-    log = tmp_path_factory.mktemp("inpaint-browser-log") / "server.log"
-    args = ["--models-dir", str(models_dir), "--outputs-dir", str(outputs), "--ckpt", "tiny-sd1.safetensors"]
-    with running_server(args, log) as url:
-        yield url, outputs
+def server(plain_server: LaunchedServer) -> tuple[str, Path]:
+    return plain_server.url, plain_server.outputs
 
 
 def picture(path: Path) -> Path:

@@ -5,17 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+import requests
 from PIL import Image
-from safetensors.torch import save_file
 
 from pipelines.conditioning.styles import StyleLibrary
 from pipelines.metadata.infotext import parse_infotext
-from pipelines.models.ldm_layout import vae_to_ldm
-from pipelines.models.tiny_models import build_tiny_components
 from tests.browser import browser_page, set_number
-from tests.server import running_server
-from tests.test_networks import kohya_lora
+from tests.server import LaunchedServer
 from webui.tabs.networks import toggle_in_prompt
 
 pytestmark = pytest.mark.browser
@@ -24,36 +20,18 @@ TAB_LABELS = {"img2img": "img2img", "inpaint": "Inpaint"}
 
 
 @pytest.fixture(scope="module")
-def net_server(tiny, tmp_path_factory: pytest.TempPathFactory):
-    """A server over an A1111 layout holding one LoRA (in a subfolder), one embedding, one VAE and a styles file."""
-    root = tmp_path_factory.mktemp("ui-netroot")
-    models = root / "models"
-    (models / "Stable-diffusion").mkdir(parents=True)
-    (models / "Stable-diffusion" / "tiny-sd1.safetensors").hardlink_to(tiny.single_file("sd1"))
-    (models / "Lora" / "characters").mkdir(parents=True)
-    save_file(kohya_lora(tiny.components("sd1")), str(models / "Lora" / "characters" / "tinylora.safetensors"))
-    (models / "embeddings").mkdir()
-    vectors = torch.randn(2, 64, generator=torch.Generator().manual_seed(3))
-    save_file({"emb_params": vectors}, str(models / "embeddings" / "tinyemb.safetensors"))
-    (models / "VAE").mkdir()
-    other = build_tiny_components("sd1", seed=7)["vae"].state_dict()
-    state = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(other).items()}
-    save_file(state, str(models / "VAE" / "other.vae.safetensors"))
-    (root / "styles.csv").write_text('name,prompt,negative_prompt\nfancy,"masterpiece, {prompt}, golden hour",lowres\n')
-    outputs = root / "outputs"
-    args = [
-        "--models-dir",
-        str(models),
-        "--embeddings-dir",
-        str(models / "embeddings"),
-        "--outputs-dir",
-        str(outputs),
-        "--ckpt",
-        "tiny-sd1.safetensors",
-        "--no-demo",
-    ]
-    with running_server(args, root / "server.log") as url:
-        yield url, outputs, root
+def net_server(plain_server: LaunchedServer):
+    """The shared plain server: one LoRA (in a subfolder), one embedding, one VAE and a styles file (conftest).
+
+    These tests pick the global VAE and save a style; both are put back for the other tests on this server.
+    """
+    styles = plain_server.styles.read_text()
+    try:
+        yield plain_server.url, plain_server.outputs, plain_server.root
+    finally:
+        plain_server.styles.write_text(styles)
+        reset = requests.post(f"{plain_server.url}/sdapi/v1/options", json={"sd_vae": "Automatic"}, timeout=60)
+        assert reset.status_code == 200, reset.text
 
 
 def _open_networks(page, url: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -13,19 +12,17 @@ from gradio_client import Client
 from PIL import Image
 
 from pipelines.metadata.infotext import parse_infotext
-from tests.api_support import AUTH, USER, private_models_dir, server_args
+from tests.api_support import AUTH
 from tests.api_support import tiny_txt2img as payload
-from tests.server import running_server
 from tests.test_app import txt2img as ui_txt2img
+from tests.threads import CheckedThread
 
 pytestmark = pytest.mark.app
 CLIENTS, REQUESTS = 5, 10
 
 
-def test_five_clients_ten_requests_each_with_a_model_switch(models_dir: Path, tmp_path: Path) -> None:
-    models = private_models_dir(models_dir, tmp_path)
-    outputs = tmp_path / "outputs"
-    args = server_args(models, outputs, "--auth", f"{USER}:{AUTH[1]}", "--queue-size", "8")
+def test_five_clients_ten_requests_each_with_a_model_switch(launch) -> None:
+    # A server of its own: a queue of 8 (test_api.py's shared one holds 2), a model switch, and a count of all files.
     done = 0
     done_lock = threading.Lock()
     halfway = threading.Event()
@@ -38,7 +35,8 @@ def test_five_clients_ten_requests_each_with_a_model_switch(models_dir: Path, tm
             if done >= CLIENTS * REQUESTS // 2:
                 halfway.set()
 
-    with running_server(args, tmp_path / "server.log") as url:
+    with launch("concurrency", "--queue-size", "8", auth="flag") as server:
+        url, outputs = server.url, server.outputs
 
         def client(index: int) -> list[int]:
             seeds = []
@@ -65,7 +63,7 @@ def test_five_clients_ten_requests_each_with_a_model_switch(models_dir: Path, tm
                 time.sleep(0.05)
 
         stop = threading.Event()
-        watcher = threading.Thread(target=watch_queue, daemon=True)
+        watcher = CheckedThread(target=watch_queue)
         watcher.start()
         started = time.monotonic()
         with ThreadPoolExecutor(CLIENTS + 1) as pool:

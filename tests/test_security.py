@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.api_support import AUTH, USER, private_models_dir, server_args, write_auth_file
-from tests.server import ROOT, running_server
+from tests.api_support import AUTH, USER
+from tests.server import ROOT, LaunchedServer
 
 pytestmark = pytest.mark.app
 TIMEOUT = 60
@@ -19,20 +19,13 @@ EVIL = "http://evil.example"
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("security")
-    models = private_models_dir(models_dir, root)
-    outputs = root / "outputs"
-    (outputs / "txt2img-images").mkdir(parents=True)
-    (outputs / "txt2img-images" / "kept.png").write_bytes((ROOT / "webui" / "style.css").read_bytes())
-    auth_file = write_auth_file(root)
-    # every route is tried with a wrong password here; throttling them is tested in test_security_attacks.py
-    no_throttle = ["--login-free-failures", "1000", "--login-lockout-failures", "1000"]
-    args = server_args(
-        models, outputs, "--auth-file", str(auth_file), "--allowed-hosts", "easel.lan,studio.local", *no_throttle
-    )
-    with running_server(args, root / "server.log") as url:
-        yield url, models, outputs
+def server(auth_server: LaunchedServer) -> tuple[str, Path, Path]:
+    """The session's shared server behind ``--auth-file`` (ann and bob), ``--allowed-hosts easel.lan,studio.local``
+    and no throttling: every route is tried with a wrong password here (throttling: test_security_attacks.py)."""
+    kept = auth_server.outputs / "txt2img-images" / "kept.png"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes((ROOT / "webui" / "style.css").read_bytes())
+    return auth_server.url, auth_server.models, auth_server.outputs
 
 
 def api_paths(url: str) -> list[tuple[str, str]]:

@@ -24,9 +24,8 @@ import requests
 from PIL import Image
 from requests.adapters import HTTPAdapter
 
-from tests.api_support import AUTH, USER, private_models_dir, server_args, write_auth_file
+from tests.api_support import AUTH, USER
 from tests.browser import browser_page
-from tests.server import running_server
 
 pytestmark = pytest.mark.app
 TIMEOUT = 60
@@ -38,25 +37,21 @@ FILE_COMPONENTS = frozenset(
 
 
 @pytest.fixture(scope="module")
-def attacked(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("attacked")
-    models = private_models_dir(models_dir, root)
-    outputs = root / "outputs"
-    secret = models / "Lora" / "secret-preview.png"
-    Image.new("RGB", (16, 16), (1, 2, 3)).save(secret)
-    auth_file = write_auth_file(root)
-    cache = root / "gradio-cache"
-    args = server_args(
-        models, outputs, "--auth-file", str(auth_file), "--login-lockout-failures", "6", "--login-free-failures", "3"
-    )
-    with running_server(args, root / "server.log", env={"GRADIO_TEMP_DIR": str(cache)}) as url:
+def attacked(launch):
+    """A server of its own: these tests lock addresses out and rewrite the password file."""
+
+    def add_secret(models: Path) -> None:
+        Image.new("RGB", (16, 16), (1, 2, 3)).save(models / "Lora" / "secret-preview.png")
+
+    throttle = ["--login-lockout-failures", "6", "--login-free-failures", "3"]
+    with launch("attacked", *throttle, auth="file", prepare=add_secret) as server:
         yield {
-            "url": url,
-            "models": models,
-            "outputs": outputs,
-            "secret": secret,
-            "auth_file": auth_file,
-            "cache": cache,
+            "url": server.url,
+            "models": server.models,
+            "outputs": server.outputs,
+            "secret": server.models / "Lora" / "secret-preview.png",
+            "auth_file": server.auth_file,
+            "cache": server.cache,
         }
 
 

@@ -18,11 +18,11 @@ from webui.server import build_context, serve  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    config = parse_args(argv)
     try:
-        args.security = security_from_args(args)  # refuse an unsafe exposure before loading anything
-        ctx = build_context(args)
-        serve(ctx, args)
+        security = security_from_args(config)  # refuse an unsafe exposure before loading anything
+        ctx = build_context(config)
+        serve(ctx, config, security)
     except EaselError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,6 @@ route added after it), and the security middleware wraps everything, Gradio incl
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
@@ -20,22 +19,27 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
 from webui.api import ApiSettings, build_api_router, install_error_handlers, public_cmd_flags
+from webui.config import ServerConfig
 from webui.context import AppContext
 from webui.security import SecurityMiddleware, SecuritySettings, is_loopback, lan_addresses
 
 log = logging.getLogger(__name__)
+# Seconds a stop (Ctrl+C, SIGTERM) waits for open requests. Gradio's event streams (heartbeat, queue) stay open as
+# long as a browser tab does, so each stop used to wait out the whole timeout; a response being written finishes
+# well within this.
+GRACEFUL_SHUTDOWN_S = 1
 
 
 def build_server_app(
     ctx: AppContext,
     blocks: gr.Blocks,
-    args: argparse.Namespace,
+    config: ServerConfig,
     security: SecuritySettings,
     css: str | None = None,
     js: str | None = None,
 ) -> FastAPI:
     """The FastAPI app that serves everything; nothing is listening yet."""
-    api_enabled = not getattr(args, "no_api", False)
+    api_enabled = config.api_enabled
     app = FastAPI(
         title="Easel API",
         description="AUTOMATIC1111-compatible REST API (/sdapi/v1). HTTP Basic auth when the server has credentials.",
@@ -51,26 +55,18 @@ def build_server_app(
     )
     if api_enabled:
         install_error_handlers(app)
-        models_dir = Path(getattr(args, "models_dir", "models"))
-        api_settings = ApiSettings(
-            models_dir=models_dir,
-            embeddings_dir=Path(getattr(args, "embeddings_dir", None) or "embeddings"),
-            cmd_flags=public_cmd_flags(args),
-        )
-        app.include_router(build_api_router(ctx, api_settings))
+        app.include_router(build_api_router(ctx, ApiSettings(cmd_flags=public_cmd_flags(config))))
 
     # Gradio's own line only feeds the engine's (the one that is bounded and shown): it just must not be shorter.
     blocks.queue(default_concurrency_limit=1, max_size=max(64, 2 * ctx.engine.queue.max_size))
     outputs = Path(ctx.engine.outputs_dir).resolve()
-    blocked = {Path(getattr(args, "models_dir", "models")).resolve()}
-    if getattr(args, "ckpt_dir", None):
-        blocked.add(Path(args.ckpt_dir).resolve())
+    blocked = {config.models_dir.resolve(), config.ckpt_dir.resolve()}
     gr.mount_gradio_app(
         app,
         blocks,
         path="/",
         server_name=security.host,
-        server_port=int(getattr(args, "port", 7860)),
+        server_port=config.port,
         footer_links=["settings"],
         auth=security.credentials.as_gradio_auth(),
         allowed_paths=[str(outputs)],
@@ -122,7 +118,12 @@ def banner(urls: list[str], security: SecuritySettings, api_enabled: bool) -> st
 def run_server(app: FastAPI, security: SecuritySettings, port: int, api_enabled: bool) -> None:
     """Serve until stopped (Ctrl+C); prints the banner once the socket is listening."""
     config = uvicorn.Config(
-        app, host=security.host, port=port, log_level="warning", timeout_graceful_shutdown=5, proxy_headers=False
+        app,
+        host=security.host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
 

@@ -1,4 +1,4 @@
-"""The ``python -m webui`` command line."""
+"""The ``python -m webui`` command line: the one place the server's options and their defaults are declared."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import argparse
 from pathlib import Path
 
 from pipelines.models.devices import PRECISIONS
+from pipelines.runtime.queue import DEFAULT_QUEUE_SIZE
+from webui.config import ServerConfig
+from webui.login_guard import ThrottlePolicy
+from webui.security import DEFAULT_MAX_UPLOAD_MB, DEFAULT_SESSION_DAYS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,33 +79,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra host names the server answers to (DNS names of this machine; IP addresses always work)",
     )
     server.add_argument("--no-api", action="store_true", help="do not serve the /sdapi/v1 REST API")
-    server.add_argument("--queue-size", type=int, default=32, help="generations that may wait or run at once")
-    server.add_argument("--max-upload-mb", type=float, default=50, help="largest request or upload accepted, in MB")
     server.add_argument(
-        "--session-days", type=float, default=7.0, help="a UI login lasts this long, then the login page shows again"
+        "--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="generations that may wait or run at once"
+    )
+    server.add_argument(
+        "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest request or upload accepted, in MB"
+    )
+    server.add_argument(
+        "--session-days",
+        type=float,
+        default=DEFAULT_SESSION_DAYS,
+        help="a UI login lasts this long, then the login page shows again",
     )
     server.add_argument(
         "--login-free-failures",
         type=int,
-        default=5,
+        default=ThrottlePolicy.free_failures,
         metavar="N",
         help="wrong passwords an address may send before each next try must wait (doubling from 1 s)",
     )
     server.add_argument(
         "--login-lockout-failures",
         type=int,
-        default=10,
+        default=ThrottlePolicy.lockout_failures,
         metavar="N",
         help="wrong passwords within 15 minutes that lock an address out for 15 minutes",
     )
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    """The command line (``sys.argv`` when None) as the server's typed configuration; exits on a bad option."""
     args = build_parser().parse_args(argv)
     args.ckpt_dir = args.ckpt_dir or args.models_dir / "Stable-diffusion"
     if args.queue_size < 1:
         build_parser().error("--queue-size must be at least 1")
     if args.session_days <= 0 or not args.login_free_failures >= 1 or args.login_lockout_failures < 1:
         build_parser().error("--session-days, --login-free-failures and --login-lockout-failures must be positive")
-    return args
+    return ServerConfig.from_namespace(args)

@@ -7,20 +7,11 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.sampling.samplers import SAMPLERS, SCHEDULE_TYPES
+from pipelines.fields import FIELDS
+from webui import field_widgets
 
-PARAM_FIELDS = (
-    "sampler",
-    "schedule_type",
-    "steps",
-    "cfg_scale",
-    "width",
-    "height",
-    "batch_count",
-    "batch_size",
-    "seed",
-    "clip_skip",
-)
+PARAM_FIELDS = tuple(FIELDS.names("params"))
+"""The parameter panel's fields, in the order its values reach a handler (and the txt2img API's order)."""
 
 
 @dataclass
@@ -54,20 +45,13 @@ class ParamPanel:
 
 def values_to_kwargs(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     """Widget values (in ``ParamPanel.inputs`` order) -> GenerationRequest keyword arguments."""
-    kwargs = dict(zip(PARAM_FIELDS, values, strict=True))
-    for name in ("steps", "width", "height", "batch_count", "batch_size", "clip_skip"):
-        kwargs[name] = int(kwargs[name])
-    kwargs["seed"] = int(kwargs["seed"]) if kwargs["seed"] is not None else -1
-    kwargs["cfg_scale"] = float(kwargs["cfg_scale"])
-    return kwargs
+    return FIELDS.from_values(PARAM_FIELDS, values)
 
 
 def build_prompt_boxes(tab: str) -> PromptBoxes:
-    prompt = gr.Textbox(
-        label="Prompt", lines=3, placeholder="Prompt (press Ctrl+Enter to generate)", elem_id=f"{tab}_prompt"
-    )
+    prompt = field_widgets.build("prompt", tab, placeholder="Prompt (press Ctrl+Enter to generate)")
     counter = gr.HTML("", elem_id=f"{tab}_token_counter", elem_classes=["easel-token-counter"])
-    negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="Negative prompt", elem_id=f"{tab}_neg_prompt")
+    negative = field_widgets.build("negative_prompt", tab, placeholder="Negative prompt")
     negative_counter = gr.HTML("", elem_id=f"{tab}_negative_token_counter", elem_classes=["easel-token-counter"])
     read_parameters = gr.Button(
         "↙ Read generation parameters from the prompt",
@@ -80,26 +64,25 @@ def build_prompt_boxes(tab: str) -> PromptBoxes:
 
 def build_param_panel(tab: str, default_size: int = 512) -> ParamPanel:
     """Sampler, steps, CFG, size, batch and seed controls, A1111's ranges and defaults."""
+    build = field_widgets.build
     with gr.Row():
-        sampler = gr.Dropdown(list(SAMPLERS), value="Euler a", label="Sampling method", elem_id=f"{tab}_sampler")
-        schedule = gr.Dropdown(
-            list(SCHEDULE_TYPES), value="Automatic", label="Schedule type", elem_id=f"{tab}_scheduler"
-        )
-        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
+        sampler = build("sampler", tab)
+        schedule = build("schedule_type", tab)
+        steps = build("steps", tab)
     with gr.Row():
         with gr.Column(scale=3):
-            width = gr.Slider(64, 2048, value=default_size, step=8, label="Width", elem_id=f"{tab}_width")
-            height = gr.Slider(64, 2048, value=default_size, step=8, label="Height", elem_id=f"{tab}_height")
+            width = build("width", tab, value=default_size)
+            height = build("height", tab, value=default_size)
         with gr.Column(scale=1):
-            batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
-            batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
-    cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
+            batch_count = build("batch_count", tab)
+            batch_size = build("batch_size", tab)
+    cfg = build("cfg_scale", tab)
     with gr.Row(equal_height=True):
-        seed = gr.Number(value=-1, label="Seed (-1 = random)", precision=0, elem_id=f"{tab}_seed", scale=4)
+        seed = build("seed", tab, scale=4)
         random_seed = gr.Button("⚄", elem_id=f"{tab}_random_seed", scale=0, min_width=48)
         reuse_seed = gr.Button("♻", elem_id=f"{tab}_reuse_seed", scale=0, min_width=48)
     with gr.Accordion("Advanced", open=False):
-        clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id=f"{tab}_clip_skip")
+        clip_skip = build("clip_skip", tab)
     random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
     return ParamPanel(
         sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed, clip_skip, random_seed, reuse_seed

@@ -15,39 +15,15 @@ from typing import Any
 import gradio as gr
 
 from pipelines.errors import EaselError
+from pipelines.fields import FIELDS, MODES
 from pipelines.metadata.infotext import parse_infotext
 from pipelines.metadata.infotext_request import request_from_infotext, resolve_checkpoint
 from webui.context import AppContext
+from webui.field_widgets import widget_value
 
-TABS = ("txt2img", "img2img", "inpaint")
-# request field -> elem_id suffix of the widget showing it
-FIELD_IDS: dict[str, str] = {
-    "prompt": "prompt",
-    "negative_prompt": "neg_prompt",
-    "sampler": "sampler",
-    "schedule_type": "scheduler",
-    "steps": "steps",
-    "cfg_scale": "cfg_scale",
-    "width": "width",
-    "height": "height",
-    "seed": "seed",
-    "clip_skip": "clip_skip",
-    "denoising_strength": "denoising_strength",
-    "mask_blur": "mask_blur",
-    "inpaint_full_res_padding": "padding",
-    "enable_hr": "enable_hr",
-    "hr_scale": "hr_scale",
-    "hr_resize_x": "hr_resize_x",
-    "hr_resize_y": "hr_resize_y",
-    "hr_upscaler": "hr_upscaler",
-    "hr_second_pass_steps": "hr_steps",
-    "hr_prompt": "hr_prompt",
-    "hr_negative_prompt": "hr_neg_prompt",
-    "subseed": "subseed",
-    "subseed_strength": "subseed_strength",
-    "seed_resize_from_w": "seed_resize_from_w",
-    "seed_resize_from_h": "seed_resize_from_h",
-}
+TABS = MODES
+FIELD_IDS: dict[str, str] = {f.name: f.widget.elem for f in FIELDS.with_widget() if f.widget is not None}
+"""request field -> elem_id suffix of the widget showing it (``<tab>_<suffix>``), from the field registry."""
 
 
 def _by_id(app: gr.Blocks) -> dict[str, Any]:
@@ -85,7 +61,10 @@ def infotext_updates(
     parsed = request_from_infotext(parsed_fields)
     for key, why in parsed.skipped.items():
         gr.Warning(f"'{key}' was not read: {why}")
-    updates = [gr.update(value=parsed.kwargs[name]) if name in parsed.kwargs else gr.update() for name in fields]
+    updates = [
+        gr.update(value=widget_value(FIELDS[name], parsed.kwargs[name])) if name in parsed.kwargs else gr.update()
+        for name in fields
+    ]
     checkpoint: Any = gr.update()
     if parsed.model_name or parsed.model_hash:
         name = resolve_checkpoint(ctx.engine.manager.find, parsed.model_name, parsed.model_hash)

@@ -50,16 +50,17 @@ def session_of(request: gr.Request | None) -> str:
 
 
 def progress_html(job: Job) -> str:
-    """A progress bar with step count and ETA."""
-    if job.status == "queued":
-        ahead = job.queue_position
+    """A progress bar with step count and ETA, from one snapshot (the engine updates the job meanwhile)."""
+    now = job.snapshot()
+    if now.status == "queued":
+        ahead = now.queue_position
         where = f": {ahead} ahead of you" if ahead else (": you are next" if ahead == 0 else "")
         return f"<div class='easel-progress'>Waiting in line{where}…</div>"
-    percent = round(job.fraction * 100)
-    eta = job.eta
+    percent = round(now.fraction * 100)
+    eta = now.eta
     eta_text = f", ETA {eta:.0f}s" if eta is not None else ""
-    batch = f" · batch {job.batch_index + 1}/{job.batch_total}" if job.batch_total > 1 else ""
-    label = html.escape(f"{percent}% · step {job.step}/{job.total_steps}{batch}{eta_text}")
+    batch = f" · batch {now.batch_index + 1}/{now.batch_total}" if now.batch_total > 1 else ""
+    label = html.escape(f"{percent}% · step {now.step}/{now.total_steps}{batch}{eta_text}")
     return (
         "<div class='easel-progress'><div class='easel-progress-bar' "
         f"style='width:{percent}%'></div><span>{label}</span></div>"

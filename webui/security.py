@@ -29,11 +29,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pipelines.errors import EaselError
 from webui.login_guard import LoginThrottle, SessionBook, ThrottlePolicy, password_digest
+
+if TYPE_CHECKING:
+    from webui.config import ServerConfig
 
 log = logging.getLogger("easel.security")
 
@@ -242,26 +245,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def security_from_args(args: Any) -> SecuritySettings:
+def security_from_args(config: ServerConfig) -> SecuritySettings:
     """Credentials from --auth / --auth-file, and the refusal to expose an open server to the network."""
-    pairs = [parse_credential(text) for text in getattr(args, "auth", None) or []]
-    files = [Path(path) for path in getattr(args, "auth_file", None) or []]
-    host = "0.0.0.0" if getattr(args, "listen", False) else getattr(args, "host", "127.0.0.1")
-    defaults = ThrottlePolicy()
+    pairs = [parse_credential(text) for text in config.auth]
+    host = config.bind_host
     settings = SecuritySettings(
         host=host,
-        credentials=Credentials.from_sources(pairs, files),
-        allowed_hosts=frozenset(
-            name.strip().lower() for entry in getattr(args, "allowed_hosts", None) or [] for name in entry.split(",")
-        )
+        credentials=Credentials.from_sources(pairs, list(config.auth_file)),
+        allowed_hosts=frozenset(name.strip().lower() for entry in config.allowed_hosts for name in entry.split(","))
         - {""},
-        max_upload_bytes=int(getattr(args, "max_upload_mb", DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024),
-        insecure_no_auth=bool(getattr(args, "insecure_no_auth", False)),
+        max_upload_bytes=int(config.max_upload_mb * 1024 * 1024),
+        insecure_no_auth=config.insecure_no_auth,
         throttle=ThrottlePolicy(
-            free_failures=_given(getattr(args, "login_free_failures", None), defaults.free_failures),
-            lockout_failures=_given(getattr(args, "login_lockout_failures", None), defaults.lockout_failures),
+            free_failures=config.login_free_failures, lockout_failures=config.login_lockout_failures
         ),
-        session_max_age_s=float(getattr(args, "session_days", DEFAULT_SESSION_DAYS)) * 86400,
+        session_max_age_s=config.session_days * 86400,
     )
     if not is_loopback(host) and not settings.credentials and not settings.insecure_no_auth:
         raise EaselError(
@@ -270,10 +268,6 @@ def security_from_args(args: Any) -> SecuritySettings:
             "or pass --insecure-no-auth if this network is yours alone."
         )
     return settings
-
-
-def _given(value: int | None, default: int) -> int:
-    return default if value is None else int(value)
 
 
 # -- this machine's names ---------------------------------------------------------------------------------

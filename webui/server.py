@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 from pipelines.errors import EaselError
@@ -13,16 +12,17 @@ from pipelines.models.demo import ensure_demo_checkpoint
 from pipelines.models.devices import choose_device, choose_dtype
 from pipelines.models.manager import PipelineManager
 from pipelines.networks.library import NetworkFolders, NetworkLibrary
-from pipelines.runtime.queue import DEFAULT_QUEUE_SIZE, GenerationQueue
+from pipelines.runtime.queue import GenerationQueue
 from webui.app import CSS, SHORTCUTS_JS, build_app
 from webui.asgi import build_server_app, run_server
+from webui.config import ServerConfig
 from webui.context import AppContext
-from webui.security import security_from_args
+from webui.security import SecuritySettings, security_from_args
 
 log = logging.getLogger(__name__)
 
 
-def build_context(args: argparse.Namespace) -> AppContext:
+def build_context(args: ServerConfig) -> AppContext:
     """Find or build a checkpoint, load it, and wrap the engine for the UI."""
     remove_unfinished_saves(args.outputs_dir)  # what a save killed mid-way left behind (logged)
     demo = None if args.no_demo else ensure_demo_checkpoint(args.ckpt_dir)
@@ -35,16 +35,11 @@ def build_context(args: argparse.Namespace) -> AppContext:
         args.ram_cache,
         args.allow_pickle,
     )
-    folders = NetworkFolders(
-        lora=args.models_dir / "Lora",
-        vae=args.models_dir / "VAE",
-        embeddings=args.embeddings_dir,
-        styles=args.models_dir.parent / "styles.csv",
-    )
+    folders = NetworkFolders.from_models_dir(args.models_dir, args.embeddings_dir)
     engine = Engine(
         manager,
         args.outputs_dir,
-        queue=GenerationQueue(getattr(args, "queue_size", DEFAULT_QUEUE_SIZE)),
+        queue=GenerationQueue(args.queue_size),
         networks=NetworkLibrary(folders, manager.hashes, args.allow_pickle),
     )
     ctx = AppContext(engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None)
@@ -70,11 +65,12 @@ def _preferred(ctx: AppContext) -> list[str]:
     return [n for n in names if n != ctx.demo_checkpoint] + [n for n in names if n == ctx.demo_checkpoint]
 
 
-def serve(ctx: AppContext, args: argparse.Namespace) -> None:
-    """UI and REST API on one port, behind one set of credentials; blocks until stopped."""
-    security = getattr(args, "security", None)
-    if security is None:
-        security = security_from_args(args)
+def serve(ctx: AppContext, config: ServerConfig, security: SecuritySettings | None = None) -> None:
+    """UI and REST API on one port, behind one set of credentials; blocks until stopped.
+
+    ``security`` is what ``security_from_args(config)`` gave (start-up checks it before loading any model).
+    """
+    security = security_from_args(config) if security is None else security
     app = build_app(ctx)
-    server_app = build_server_app(ctx, app, args, security, css=CSS, js=SHORTCUTS_JS)
-    run_server(server_app, security, args.port, api_enabled=not getattr(args, "no_api", False))
+    server_app = build_server_app(ctx, app, config, security, css=CSS, js=SHORTCUTS_JS)
+    run_server(server_app, security, config.port, api_enabled=config.api_enabled)

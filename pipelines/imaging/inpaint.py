@@ -13,7 +13,6 @@ from PIL import Image
 
 from pipelines.errors import EaselError
 from pipelines.imaging.masks import (
-    MASKED_CONTENT,
     blur_mask,
     composite_masked,
     crop_for_only_masked,
@@ -23,7 +22,7 @@ from pipelines.imaging.masks import (
     mask_from_upload,
     paste_back,
 )
-from pipelines.imaging.resize import RESIZE_MODES, resize_image
+from pipelines.imaging.resize import resize_image
 from pipelines.requests import GenerationRequest
 
 Box = tuple[int, int, int, int]
@@ -75,22 +74,6 @@ def finish_inpaint(plan: InpaintPlan, generated: Image.Image) -> Image.Image:
     if generated.size != plan.original.size:
         generated = generated.resize(plan.original.size, Image.Resampling.LANCZOS)
     return composite_masked(plan.original, generated, plan.blurred)
-
-
-def inpaint_infotext_params(request: GenerationRequest) -> dict[str, object]:
-    """The inpaint fields A1111 writes into infotext."""
-    params: dict[str, object] = {
-        "Mask blur": request.mask_blur,
-        "Inpaint area": "Only masked" if request.inpaint_full_res else "Whole picture",
-        "Masked area padding": request.inpaint_full_res_padding if request.inpaint_full_res else None,
-        "Masked content": MASKED_CONTENT[request.inpainting_fill],
-        "Mask mode": "Inpaint not masked" if request.inpainting_mask_invert else None,
-    }
-    return params
-
-
-def img2img_infotext_params(request: GenerationRequest) -> dict[str, object]:
-    return {"Resize mode": RESIZE_MODES[request.resize_mode] if request.resize_mode else None}
 
 
 def _binary(mask: Image.Image) -> Image.Image:

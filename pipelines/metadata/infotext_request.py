@@ -12,54 +12,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.imaging.masks import MASKED_CONTENT
-from pipelines.imaging.resize import RESIZE_MODES
+from pipelines.fields import FIELDS, HIRES_INFOTEXT_KEYS, RequestField
 from pipelines.metadata.infotext import parse_infotext
 
-# infotext key -> (request field, converter)
-_SIMPLE: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "Steps": ("steps", int),
-    "Sampler": ("sampler", str),
-    "Schedule type": ("schedule_type", str),
-    "CFG scale": ("cfg_scale", float),
-    "Seed": ("seed", int),
-    "Size-1": ("width", int),
-    "Size-2": ("height", int),
-    "Clip skip": ("clip_skip", int),
-    "Denoising strength": ("denoising_strength", float),
-    "Variation seed": ("subseed", int),
-    "Variation seed strength": ("subseed_strength", float),
-    "Seed resize from-1": ("seed_resize_from_w", int),
-    "Seed resize from-2": ("seed_resize_from_h", int),
-    "Hires upscale": ("hr_scale", float),
-    "Hires resize-1": ("hr_resize_x", int),
-    "Hires resize-2": ("hr_resize_y", int),
-    "Hires steps": ("hr_second_pass_steps", int),
-    "Hires upscaler": ("hr_upscaler", str),
-    "Hires sampler": ("hr_sampler_name", str),
-    "Hires schedule type": ("hr_scheduler", str),
-    "Hires prompt": ("hr_prompt", str),
-    "Hires negative prompt": ("hr_negative_prompt", str),
-    "VAE": ("vae", str),
-    "Mask blur": ("mask_blur", int),
-    "Masked area padding": ("inpaint_full_res_padding", int),
-}
-_HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires resize-1", "Hires steps", "Hires upscaler")
 
-
-def _number(converter: Callable[[str], Any]) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        if converter is int:
-            value = float(text)
-            if not value.is_integer():
-                raise ValueError(f"{text} is not a whole number")
-            return int(value)
-        value = converter(text)
-        if isinstance(value, float) and not math.isfinite(value):  # float() reads "nan" and "inf"
-            raise ValueError(f"{text} is not a finite number")
-        return value
-
-    return convert
+def _read(field: RequestField, raw: str) -> Any:
+    """One infotext value as the field's type; ValueError (with the reason) when it does not parse."""
+    assert field.infotext is not None and field.infotext.read is not None
+    value = field.infotext.read(raw)
+    if isinstance(value, float) and not math.isfinite(value):  # float() reads "nan" and "inf"
+        raise ValueError(f"{raw} is not a finite number")
+    return value
 
 
 @dataclass
@@ -77,56 +40,23 @@ def request_from_infotext(source: str | Mapping[str, str]) -> InfotextFields:
     fields = parse_infotext(source) if isinstance(source, str) else dict(source)
     out = InfotextFields()
     kwargs = out.kwargs
-    if "Prompt" in fields:
-        kwargs["prompt"] = fields["Prompt"]
-    if "Negative prompt" in fields:
-        kwargs["negative_prompt"] = fields["Negative prompt"]
-    for key, (name, converter) in _SIMPLE.items():
+    for item in FIELDS.infotext_readers():
+        key = item.infotext.read_key if item.infotext else ""
         if key not in fields:
             continue
-        raw = fields[key].strip()
+        raw = fields[key] if item.kind is str else fields[key].strip()
         try:
-            kwargs[name] = _number(converter)(raw) if converter is not str else raw
-        except ValueError:
-            out.skipped[key] = f"'{raw}' is not a number"
-    if any(key in fields for key in _HIRES_KEYS):
+            kwargs[item.name] = _read(item, raw)
+        except ValueError as exc:
+            numeric = item.kind in (int, float)
+            out.skipped[key] = f"'{raw}' is not a number" if numeric else str(exc)
+    if any(key in fields for key in HIRES_INFOTEXT_KEYS):
         kwargs["enable_hr"] = True
     if "Seed" in out.skipped or "Variation seed" in out.skipped:
         kwargs.pop("subseed_strength", None)
-    if "Inpaint area" in fields:
-        kwargs["inpaint_full_res"] = fields["Inpaint area"].strip().lower() == "only masked"
-    if "Masked content" in fields:
-        value = fields["Masked content"].strip().lower()
-        if value in MASKED_CONTENT:
-            kwargs["inpainting_fill"] = MASKED_CONTENT.index(value)
-        else:
-            out.skipped["Masked content"] = f"unknown value '{fields['Masked content']}'"
-    if "Mask mode" in fields:
-        kwargs["inpainting_mask_invert"] = fields["Mask mode"].strip().lower() == "inpaint not masked"
-    if "Resize mode" in fields:
-        modes = [mode.lower() for mode in RESIZE_MODES]
-        value = fields["Resize mode"].strip().lower()
-        if value in modes:
-            kwargs["resize_mode"] = modes.index(value)
-        else:
-            out.skipped["Resize mode"] = f"unknown value '{fields['Resize mode']}'"
     out.model_name = fields.get("Model") or None
     out.model_hash = fields.get("Model hash") or None
     return out
-
-
-def fill_unset(kwargs: Mapping[str, Any], infotext: str, unset: object = None) -> dict[str, Any]:
-    """``kwargs`` with every field the infotext determines added where ``kwargs`` holds ``unset`` or nothing.
-
-    What the API's ``infotext`` field does: explicit request values win, the infotext fills the rest. The
-    checkpoint is not touched here: resolve ``model_name`` / ``model_hash`` with the manager first.
-    """
-    parsed = request_from_infotext(infotext)
-    merged = dict(kwargs)
-    for name, value in parsed.kwargs.items():
-        if merged.get(name, unset) is unset:
-            merged[name] = value
-    return merged
 
 
 def resolve_checkpoint(find: Callable[[str], Any], model_name: str | None, model_hash: str | None) -> str | None:

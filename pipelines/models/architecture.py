@@ -10,12 +10,21 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pipelines.errors import EaselError
+from pipelines.models.ldm_layout import (
+    REFINER_TE_PREFIX,
+    SD1_TE_PREFIX,
+    SD2_TE_PREFIX,
+    SDXL_TE1_PREFIX,
+    SDXL_TE2_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+)
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 FAMILIES = ("sd1", "sd1_inpaint", "sd2", "sd2_v", "sd2_inpaint", "sdxl", "sdxl_inpaint", "sdxl_refiner")
@@ -30,13 +39,7 @@ FAMILY_LABELS = {
     "sdxl_refiner": "SDXL refiner",
 }
 
-UNET = "model.diffusion_model."
-VAE = "first_stage_model."
-SD1_TE = "cond_stage_model.transformer."
-SD2_TE = "cond_stage_model.model."
-SDXL_TE1 = "conditioner.embedders.0.transformer."
-SDXL_TE2 = "conditioner.embedders.1.model."
-REFINER_TE = "conditioner.embedders.0.model."
+INPAINT_IN_CHANNELS = 9  # an inpainting UNet's input: latents (4) + mask (1) + masked-image latents (4)
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -60,8 +63,6 @@ class Architecture:
     vae: dict[str, Any]
     text_encoders: tuple[TextEncoderSpec, ...]
     scheduler: dict[str, Any]
-    pipeline_class: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_sdxl(self) -> bool:
@@ -69,7 +70,7 @@ class Architecture:
 
     @property
     def is_inpaint(self) -> bool:
-        return self.unet.get("in_channels") == 9
+        return self.unet.get("in_channels") == INPAINT_IN_CHANNELS
 
 
 @cache
@@ -96,23 +97,23 @@ def detect_family(shapes: Shapes, sidecar: Mapping[str, Any] | None = None) -> s
     SD2 epsilon vs v-prediction cannot be told from shapes; it is "sd2" here unless a sidecar config says
     ``parameterization: v``. The loader refines it with a forward-pass probe when there is no sidecar.
     """
-    conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
+    conv_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
     if conv_in is None:
-        raise EaselError("no Stable Diffusion UNet found (no 'model.diffusion_model.*' keys)")
+        raise EaselError(f"no Stable Diffusion UNet found (no '{UNET_PREFIX}*' keys)")
     in_channels = conv_in[1]
-    if in_channels not in (4, 9):
+    if in_channels not in (4, INPAINT_IN_CHANNELS):
         raise EaselError(f"UNet with {in_channels} input channels is not a supported Stable Diffusion model")
-    inpaint = in_channels == 9
-    if any(k.startswith(SDXL_TE2) for k in shapes):
+    inpaint = in_channels == INPAINT_IN_CHANNELS
+    if any(k.startswith(SDXL_TE2_PREFIX) for k in shapes):
         return "sdxl_inpaint" if inpaint else "sdxl"
-    if any(k.startswith(REFINER_TE) for k in shapes):
+    if any(k.startswith(REFINER_TE_PREFIX) for k in shapes):
         return "sdxl_refiner"
-    if any(k.startswith(SD2_TE) for k in shapes):
+    if any(k.startswith(SD2_TE_PREFIX) for k in shapes):
         if inpaint:
             return "sd2_inpaint"
         v_pred = bool(sidecar and sidecar.get("parameterization") == "v")
         return "sd2_v" if v_pred else "sd2"
-    if any(k.startswith(SD1_TE) for k in shapes):
+    if any(k.startswith(SD1_TE_PREFIX) for k in shapes):
         return "sd1_inpaint" if inpaint else "sd1"
     raise EaselError("a UNet was found but no text encoder of a known layout (SD 1.x, SD 2.x or SDXL)")
 
@@ -120,12 +121,12 @@ def detect_family(shapes: Shapes, sidecar: Mapping[str, Any] | None = None) -> s
 def derive_unet_config(shapes: Shapes, family: str) -> dict[str, Any]:
     """UNet2DConditionModel config: structure from shapes, head rule and embedding type from the family."""
     cfg = dict(family_config(family, "unet"))
-    conv_in = shapes[UNET + "input_blocks.0.0.weight"]
+    conv_in = shapes[UNET_PREFIX + "input_blocks.0.0.weight"]
     levels: list[dict[str, Any]] = []
     level: dict[str, Any] = {"channels": [], "depth": 0}
     i = 1
-    while any(k.startswith(f"{UNET}input_blocks.{i}.") for k in shapes):
-        prefix = f"{UNET}input_blocks.{i}."
+    while any(k.startswith(f"{UNET_PREFIX}input_blocks.{i}.") for k in shapes):
+        prefix = f"{UNET_PREFIX}input_blocks.{i}."
         if prefix + "0.op.weight" in shapes:  # downsample closes a level
             levels.append(level)
             level = {"channels": [], "depth": 0}
@@ -141,18 +142,18 @@ def derive_unet_config(shapes: Shapes, family: str) -> dict[str, Any]:
     channels = [lv["channels"][-1] for lv in levels]
     attention = [lv["depth"] > 0 for lv in levels]
     cfg["in_channels"] = conv_in[1]
-    cfg["out_channels"] = shapes[UNET + "out.2.weight"][0]
+    cfg["out_channels"] = shapes[UNET_PREFIX + "out.2.weight"][0]
     cfg["block_out_channels"] = channels
     cfg["layers_per_block"] = len(levels[0]["channels"])
     cfg["down_block_types"] = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention]
     cfg["up_block_types"] = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)]
     cfg["transformer_layers_per_block"] = [max(1, lv["depth"]) for lv in levels]
-    mid_depth = _count(shapes, re.escape(UNET) + r"middle_block\.1\.transformer_blocks\.(\d+)\.")
+    mid_depth = _count(shapes, re.escape(UNET_PREFIX) + r"middle_block\.1\.transformer_blocks\.(\d+)\.")
     if not mid_depth or mid_depth != cfg["transformer_layers_per_block"][-1]:
         raise EaselError("the UNet's middle block depth differs from its last level's; layout not supported")
 
-    proj_in = next((v for k, v in shapes.items() if k.startswith(UNET) and k.endswith("1.proj_in.weight")), None)
-    to_k = next((v for k, v in shapes.items() if k.startswith(UNET) and k.endswith("attn2.to_k.weight")), None)
+    proj_in = next((v for k, v in shapes.items() if k.startswith(UNET_PREFIX) and k.endswith("1.proj_in.weight")), None)
+    to_k = next((v for k, v in shapes.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
     if proj_in is None or to_k is None:
         raise EaselError("the UNet has no cross-attention layers")
     cfg["use_linear_projection"] = len(proj_in) == 2
@@ -161,10 +162,10 @@ def derive_unet_config(shapes: Shapes, family: str) -> dict[str, Any]:
         cfg["attention_head_dim"] = 8  # SD1.x: 8 heads in every attention layer (diffusers' historic name)
     else:
         cfg["attention_head_dim"] = [max(1, c // 64) for c in channels]  # 64 channels a head
-    time_embed = shapes[UNET + "time_embed.0.weight"]
+    time_embed = shapes[UNET_PREFIX + "time_embed.0.weight"]
     cfg["time_embedding_dim"] = None if time_embed[0] == channels[0] * 4 else time_embed[0]
 
-    label = shapes.get(UNET + "label_emb.0.0.weight")
+    label = shapes.get(UNET_PREFIX + "label_emb.0.0.weight")
     if label is not None:
         cfg["addition_embed_type"] = "text_time"
         cfg["projection_class_embeddings_input_dim"] = label[1]
@@ -179,21 +180,21 @@ def derive_unet_config(shapes: Shapes, family: str) -> dict[str, Any]:
 
 
 def _te2_prefix(family: str) -> str:
-    return REFINER_TE if family == "sdxl_refiner" else SDXL_TE2
+    return REFINER_TE_PREFIX if family == "sdxl_refiner" else SDXL_TE2_PREFIX
 
 
 def derive_vae_config(shapes: Shapes, family: str) -> dict[str, Any]:
     """AutoencoderKL config from encoder/decoder shapes; scaling factor and upcast rule from the family."""
     cfg = dict(family_config(family, "vae"))
-    if VAE + "encoder.conv_in.weight" not in shapes:
-        raise EaselError("no VAE found (no 'first_stage_model.*' keys)")
-    n_levels = _count(shapes, re.escape(VAE) + r"encoder\.down\.(\d+)\.")
-    channels = [shapes[f"{VAE}encoder.down.{i}.block.0.conv2.weight"][0] for i in range(n_levels)]
-    cfg["in_channels"] = shapes[VAE + "encoder.conv_in.weight"][1]
-    cfg["out_channels"] = shapes[VAE + "decoder.conv_out.weight"][0]
-    cfg["latent_channels"] = shapes[VAE + "decoder.conv_in.weight"][1]
+    if VAE_PREFIX + "encoder.conv_in.weight" not in shapes:
+        raise EaselError(f"no VAE found (no '{VAE_PREFIX}*' keys)")
+    n_levels = _count(shapes, re.escape(VAE_PREFIX) + r"encoder\.down\.(\d+)\.")
+    channels = [shapes[f"{VAE_PREFIX}encoder.down.{i}.block.0.conv2.weight"][0] for i in range(n_levels)]
+    cfg["in_channels"] = shapes[VAE_PREFIX + "encoder.conv_in.weight"][1]
+    cfg["out_channels"] = shapes[VAE_PREFIX + "decoder.conv_out.weight"][0]
+    cfg["latent_channels"] = shapes[VAE_PREFIX + "decoder.conv_in.weight"][1]
     cfg["block_out_channels"] = channels
-    cfg["layers_per_block"] = _count(shapes, re.escape(VAE) + r"encoder\.down\.0\.block\.(\d+)\.")
+    cfg["layers_per_block"] = _count(shapes, re.escape(VAE_PREFIX) + r"encoder\.down\.0\.block\.(\d+)\.")
     cfg["down_block_types"] = ["DownEncoderBlock2D"] * n_levels
     cfg["up_block_types"] = ["UpDecoderBlock2D"] * n_levels
     return cfg
@@ -242,15 +243,15 @@ def derive_architecture(shapes: Shapes, sidecar: Mapping[str, Any] | None = None
     """Detect the family and derive every component's config from an original-layout checkpoint's shapes."""
     family = detect_family(shapes, sidecar)
     if family.startswith("sd1"):
-        encoders: tuple[TextEncoderSpec, ...] = (_clip_spec(shapes, SD1_TE, family, "text_encoder", False),)
+        encoders: tuple[TextEncoderSpec, ...] = (_clip_spec(shapes, SD1_TE_PREFIX, family, "text_encoder", False),)
     elif family.startswith("sd2"):
-        encoders = (_open_clip_spec(shapes, SD2_TE, family, "text_encoder", drop_last=True),)
+        encoders = (_open_clip_spec(shapes, SD2_TE_PREFIX, family, "text_encoder", drop_last=True),)
     elif family == "sdxl_refiner":
-        encoders = (_open_clip_spec(shapes, REFINER_TE, family, "text_encoder_2", drop_last=False),)
+        encoders = (_open_clip_spec(shapes, REFINER_TE_PREFIX, family, "text_encoder_2", drop_last=False),)
     else:
         encoders = (
-            _clip_spec(shapes, SDXL_TE1, family, "text_encoder", False),
-            _open_clip_spec(shapes, SDXL_TE2, family, "text_encoder_2", drop_last=False),
+            _clip_spec(shapes, SDXL_TE1_PREFIX, family, "text_encoder", False),
+            _open_clip_spec(shapes, SDXL_TE2_PREFIX, family, "text_encoder_2", drop_last=False),
         )
     return Architecture(
         family=family,
@@ -258,7 +259,6 @@ def derive_architecture(shapes: Shapes, sidecar: Mapping[str, Any] | None = None
         vae=derive_vae_config(shapes, family),
         text_encoders=encoders,
         scheduler=dict(family_config(family, "scheduler")),
-        pipeline_class=family_config(family, "")["_class_name"],
     )
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+# Where each module's keys live in an original-layout file: the one definition every reader and writer of the layout
+# uses (architecture detection, the loaders, the VAE and LoRA readers, the tiny-model writer).
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 SD1_TE_PREFIX = "cond_stage_model.transformer."

@@ -28,6 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from pipelines.errors import EaselError
 from pipelines.models.architecture import (
     FAMILIES,
+    INPAINT_IN_CHANNELS,
     Architecture,
     TextEncoderSpec,
     derive_architecture,
@@ -55,6 +56,11 @@ class LoadedModel:
     @property
     def is_sdxl(self) -> bool:
         return self.family.startswith("sdxl")
+
+    @property
+    def is_inpaint(self) -> bool:
+        """An inpainting UNet (mask + masked image as extra input channels): every mode runs the inpaint pipeline."""
+        return self.unet.config.in_channels == INPAINT_IN_CHANNELS
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae, *self.text_encoders]
@@ -280,7 +286,7 @@ def detect_folder_family(folder: Path) -> str:
     index = json.loads((folder / "model_index.json").read_text())
     unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
     sched_cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    inpaint = unet_cfg.get("in_channels") == 9
+    inpaint = unet_cfg.get("in_channels") == INPAINT_IN_CHANNELS
     if "XL" in index.get("_class_name", "") or unet_cfg.get("addition_embed_type") == "text_time":
         if index.get("text_encoder") in (None, [None, None]):
             return "sdxl_refiner"

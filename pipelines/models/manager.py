@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import (
@@ -26,13 +26,18 @@ from diffusers import (
 )
 
 from pipelines.errors import EaselError
+from pipelines.fields import MODES
 from pipelines.models.checkpoints import CheckpointInfo, HashCache, find_checkpoint, list_checkpoints
 from pipelines.models.devices import available_ram_bytes, module_bytes
 from pipelines.models.loader import LoadedModel, load_checkpoint
 
+if TYPE_CHECKING:
+    from pipelines.conditioning.encoder import PromptEncoder
+    from pipelines.networks.embeddings import EmbeddingSet
+    from pipelines.networks.lora import LoraTargets
+
 log = logging.getLogger(__name__)
 
-MODES = ("txt2img", "img2img", "inpaint")
 _SD_CLASSES = {
     "txt2img": StableDiffusionPipeline,
     "img2img": StableDiffusionImg2ImgPipeline,
@@ -47,17 +52,27 @@ _SDXL_CLASSES = {
 
 @dataclass
 class ActiveModel:
-    """A loaded checkpoint and what generation needs to know about it."""
+    """A loaded checkpoint and what generation needs to know about it.
+
+    The last three fields are built from the model on first use (by the engine and the network library) and are
+    kept with it, so they are dropped with it when it leaves the RAM cache.
+    """
 
     info: CheckpointInfo
     model: LoadedModel
     hash: str | None
     load_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    prompt_encoder: PromptEncoder | None = field(default=None, repr=False, compare=False)
+    prompt_encoder_embeddings: EmbeddingSet | None = field(default=None, repr=False, compare=False)  # built with
+    lora_targets: LoraTargets | None = field(default=None, repr=False, compare=False)
 
     @property
     def family(self) -> str:
         return self.model.family
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.model.is_inpaint
 
 
 class PipelineManager:

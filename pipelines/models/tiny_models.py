@@ -37,6 +37,7 @@ from diffusers import (
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from pipelines.models.architecture import INPAINT_IN_CHANNELS
 from pipelines.models.ldm_layout import pipeline_to_ldm
 from pipelines.models.tokenizers import OPENCLIP_PAD_TOKEN, load_clip_tokenizer
 
@@ -123,7 +124,7 @@ def _text_encoder(
 def tiny_unet_config(family: str) -> dict[str, Any]:
     """The tiny UNet2DConditionModel config of a family (its structure mirrors the real one's)."""
     _check_family(family)
-    in_channels = 9 if family.endswith("_inpaint") else 4
+    in_channels = INPAINT_IN_CHANNELS if family.endswith("_inpaint") else 4
     common: dict[str, Any] = {
         "sample_size": 8,  # 8x8 latent = 64x64 image, the pipelines' default size
         "in_channels": in_channels,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from pipelines.errors import EaselError
 from pipelines.models.loader import PICKLE_SUFFIXES, load_pickle_weights, load_state_dict
@@ -47,6 +48,25 @@ def _as_tensor(value: object) -> torch.Tensor:
     return vectors.reshape(1, -1) if vectors.dim() == 1 else vectors
 
 
+def embedding_shape(path: Path) -> tuple[int, int] | None:
+    """``(vectors, width)`` of a ``.safetensors`` embedding from its header alone; None when that cannot tell.
+
+    For listings (the API's ``/embeddings``): nothing is loaded and pickles are never opened, so a damaged or
+    unreadable file is just listed as skipped.
+    """
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            if not keys:
+                return None
+            shape = handle.get_slice(keys[0]).get_shape()
+        return (shape[0] if len(shape) > 1 else 1), shape[-1]
+    except Exception:  # whatever a damaged header raises, the file is listed as skipped, never an error
+        return None
+
+
 def _read(path: Path, allow_pickle: bool) -> Vectors:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
@@ -77,6 +97,12 @@ class EmbeddingLibrary:
         self._lock = threading.Lock()
         self._cache: dict[Path, tuple[tuple[int, float], Vectors | str]] = {}
         self._current = EmbeddingSet()
+
+    def refresh(self) -> None:
+        """Forget every file read, so the next use rereads them all (even one rewritten with the same size and time)."""
+        with self._lock:
+            self._cache.clear()
+            self._current = EmbeddingSet()
 
     def files(self) -> dict[str, Path]:
         found: dict[str, Path] = {}

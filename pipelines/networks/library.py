@@ -43,14 +43,23 @@ class NetworkFolders:
     styles: Path
 
     @classmethod
+    def from_models_dir(
+        cls, models_dir: Path, embeddings: Path | None = None, styles: Path | None = None
+    ) -> NetworkFolders:
+        """A1111's layout: ``models/Lora``, ``models/VAE``, ``models/embeddings``; ``styles.csv`` beside ``models``."""
+        return cls(
+            models_dir / "Lora",
+            models_dir / "VAE",
+            embeddings or models_dir / "embeddings",
+            styles or models_dir.parent / "styles.csv",
+        )
+
+    @classmethod
     def beside(
         cls, checkpoints_dir: Path, embeddings: Path | None = None, styles: Path | None = None
     ) -> NetworkFolders:
-        """A1111's layout around ``models/Stable-diffusion``: ``models/Lora``, ``models/VAE``, ``models/embeddings``."""
-        models = checkpoints_dir.parent
-        return cls(
-            models / "Lora", models / "VAE", embeddings or models / "embeddings", styles or models.parent / "styles.csv"
-        )
+        """The same layout around ``models/Stable-diffusion``."""
+        return cls.from_models_dir(checkpoints_dir.parent, embeddings, styles)
 
 
 @dataclass
@@ -60,6 +69,8 @@ class NetworkUse:
     warnings: list[str] = field(default_factory=list)
     infotext: dict[str, object] = field(default_factory=dict)
     loras: list[str] = field(default_factory=list)
+    vae: str | None = None  # the VAE file worn (None: the checkpoint's own) and its AutoV2 hash
+    vae_hash: str | None = None
 
 
 def request_network_tags(request: GenerationRequest) -> list[NetworkTag]:
@@ -94,6 +105,20 @@ class NetworkLibrary:
         """``name -> path`` of every file in the embeddings folder, readable or not (the name goes in prompts)."""
         return self.embeddings.files()
 
+    # -- refreshing: listings rescan the folders on every call; these drop what was read from the files ----------
+    def refresh_loras(self) -> None:
+        """Forget parsed LoRAs, so a file replaced in place (same size and time) is read again."""
+        with self._lock:
+            self._loras.clear()
+
+    def refresh_vaes(self) -> None:
+        """Forget loaded VAEs (a request wearing one keeps it to the end)."""
+        self.vaes = VaeCache(self.vaes.size)
+
+    def refresh_embeddings(self) -> None:
+        """Forget read embeddings: the next prompt encoder is built from the files as they are now."""
+        self.embeddings.refresh()
+
     def short_hash(self, path: Path) -> str | None:
         digest = self.hashes.sha256(path)
         return digest[:SHORT_HASH] if digest else None
@@ -122,11 +147,9 @@ class NetworkLibrary:
 
     @staticmethod
     def targets(active: ActiveModel) -> LoraTargets:
-        targets = active.extra.get("lora_targets")
-        if targets is None:
-            targets = LoraTargets(active.model.unet, active.model.text_encoders)
-            active.extra["lora_targets"] = targets
-        return targets
+        if active.lora_targets is None:
+            active.lora_targets = LoraTargets(active.model.unet, active.model.text_encoders)
+        return active.lora_targets
 
     # -- per request --------------------------------------------------------------------------------------
     def _lora_uses(self, request: GenerationRequest, use: NetworkUse) -> list[LoraUse]:
@@ -168,8 +191,9 @@ class NetworkLibrary:
                 f"VAE {path.name} has {vae.config.latent_channels} latent channels; this checkpoint needs "
                 f"{own.config.latent_channels}"
             )
-        use.infotext["VAE hash"] = self.hashes.autov2(path)
-        use.infotext["VAE"] = path.name
+        use.vae, use.vae_hash = path.name, self.hashes.autov2(path)
+        use.infotext["VAE hash"] = use.vae_hash
+        use.infotext["VAE"] = use.vae
         active.model.vae = vae
         try:
             yield

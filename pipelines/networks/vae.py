@@ -19,12 +19,12 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from pipelines.errors import EaselError
 from pipelines.models.architecture import derive_vae_config
+from pipelines.models.ldm_layout import VAE_PREFIX
 from pipelines.models.loader import PICKLE_SUFFIXES, load_state_dict
 
 VAE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 AUTOMATIC = "Automatic"
 NONE_NAMES = ("", "automatic", "none", "auto")
-_LDM_VAE = "first_stage_model."
 
 
 def list_vae_files(folder: Path) -> dict[str, Path]:
@@ -62,7 +62,7 @@ def build_vae(state: dict[str, torch.Tensor], family: str, dtype: torch.dtype) -
     if any(key.startswith("encoder.down_blocks.") for key in state):  # diffusers layout
         ldm_like = None
     else:
-        ldm_like = {(key if key.startswith(_LDM_VAE) else _LDM_VAE + key): value for key, value in state.items()}
+        ldm_like = {(key if key.startswith(VAE_PREFIX) else VAE_PREFIX + key): value for key, value in state.items()}
     if ldm_like is None:
         raise EaselError("diffusers-layout VAE files are not supported yet: use the original .safetensors VAE")
     shapes = {key: tuple(value.shape) for key, value in ldm_like.items()}

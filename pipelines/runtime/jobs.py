@@ -1,51 +1,135 @@
 """Progress, live preview and interrupt/skip for one running generation.
 
-The engine writes, the UI and API read: a ``Job`` is the only object both sides share during a generation.
+The engine writes, the UI and API read: a ``Job`` is the only object both sides share during a generation, from
+different threads. Its state changes only through its methods, under its lock, and ``snapshot()`` reads all of it
+at once, so a reader never sees a step from one batch with the total or index of another.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
 from pipelines.runtime.preview import latents_to_preview
 
+STATUSES = ("queued", "running", "done", "failed", "interrupted")
 
-@dataclass
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """Everything the UI and the API show about a job, read at one instant."""
+
+    status: str
+    step: int
+    total_steps: int
+    batch_index: int
+    batch_total: int
+    queue_position: int | None
+    elapsed: float
+    interrupted: bool
+    skip_requested: bool
+    preview: Image.Image | None = None  # only when asked for: making it costs a VAE-free decode of the latents
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, from the pace so far; None before the first step."""
+        if self.step <= 0 or not self.total_steps:
+            return None
+        return self.elapsed / self.step * max(0, self.total_steps - self.step)
+
+    @property
+    def steps_per_batch(self) -> int:
+        """Steps of one batch (A1111's ``sampling_steps``); 0 before the engine has planned the job."""
+        return max(1, self.total_steps // max(1, self.batch_total)) if self.total_steps else 0
+
+    @property
+    def batch_step(self) -> int:
+        """Steps done in the current batch (A1111's ``sampling_step``)."""
+        per_batch = self.steps_per_batch
+        return self.step - self.batch_index * per_batch if per_batch else self.step
+
+
 class Job:
     """A generation's progress. Steps count across the whole batch so the bar and ETA cover all of it."""
 
-    total_steps: int = 0
-    step: int = 0
-    batch_index: int = 0
-    batch_total: int = 1
-    started_at: float = field(default_factory=time.monotonic)
-    preview_step: int = -1
-    status: str = "queued"  # queued | running | done | failed | interrupted
-    queue_position: int | None = None  # jobs ahead of this one while it waits in line (kept by the queue)
-    _interrupt: threading.Event = field(default_factory=threading.Event)
-    _skip: threading.Event = field(default_factory=threading.Event)
-    _latents: Any = None
-    _latents_sdxl: bool = False
-    _preview: tuple[int, Image.Image] | None = None
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._status = "queued"
+        self._step = 0
+        self._total_steps = 0
+        self._batch_index = 0
+        self._batch_total = 1
+        self._queue_position: int | None = None  # jobs ahead of this one while it waits in line (set by the queue)
+        self._started_at = time.monotonic()
+        self._preview_step = -1
+        self._latents: Any = None
+        self._latents_sdxl = False
+        self._preview: tuple[int, Image.Image] | None = None
+        self._interrupt = threading.Event()
+        self._skip = threading.Event()
+
+    def __repr__(self) -> str:
+        s = self.snapshot()
+        return f"Job({s.status}, step {s.step}/{s.total_steps}, batch {s.batch_index + 1}/{s.batch_total})"
+
+    # -- written by the engine and the queue -------------------------------------------------------------------
+    def set_status(self, status: str) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown job status {status!r}")
+        with self._lock:
+            self._status = status
+
+    def plan(self, batch_total: int, total_steps: int = 0) -> None:
+        """How many batches, and steps across all of them (0 while unknown); the step stays within the total."""
+        with self._lock:
+            self._batch_total = max(1, batch_total)
+            self._total_steps = max(0, total_steps)
+            self._step = self._clamped(self._step)
+
+    def start_batch(self, index: int, step: int) -> None:
+        """Batch ``index`` begins, ``step`` steps into the job."""
+        with self._lock:
+            self._batch_index = index
+            self._step = self._clamped(step)
+
+    def advance(self, step: int) -> None:
+        """The sampler finished ``step`` steps of the whole job (never past the planned total)."""
+        with self._lock:
+            self._step = self._clamped(step)
+
+    def finish_steps(self) -> None:
+        """Every planned step is done (a batch may have stopped early on a skip)."""
+        with self._lock:
+            self._step = self._total_steps
+
+    def queued_at(self, position: int | None) -> None:
+        """Jobs ahead of this one in line; None once it has left the line."""
+        with self._lock:
+            self._queue_position = position
+
+    def start_clock(self) -> None:
+        """Its turn came: the ETA counts from here, not from joining the line."""
+        with self._lock:
+            self._started_at = time.monotonic()
 
     def offer_latents(self, latents: Any, step: int, sdxl: bool) -> None:
         """Keep a reference to the newest latents; they become a picture only if someone looks (no per-step cost)."""
-        self._latents, self._latents_sdxl, self.preview_step = latents, sdxl, step
+        with self._lock:
+            self._latents, self._latents_sdxl, self._preview_step = latents, sdxl, step
 
-    @property
-    def preview(self) -> Image.Image | None:
-        """The live preview of the newest latents offered, made on first request for each step."""
-        if self._latents is None:
-            return None
-        if self._preview is None or self._preview[0] != self.preview_step:
-            self._preview = (self.preview_step, latents_to_preview(self._latents, self._latents_sdxl))
-        return self._preview[1]
+    def _clamped(self, step: int) -> int:
+        step = max(0, step)
+        return min(step, self._total_steps) if self._total_steps else step
 
+    # -- asked by the UI and the API ---------------------------------------------------------------------------
     def interrupt(self) -> None:
         """Stop the whole job after the current step; images finished so far are kept."""
         self._interrupt.set()
@@ -54,10 +138,6 @@ class Job:
         """Abandon the current batch and go on with the next."""
         self._skip.set()
 
-    @property
-    def interrupted(self) -> bool:
-        return self._interrupt.is_set()
-
     def take_skip(self) -> bool:
         """Whether a skip was asked for since the last call (each skip skips one batch)."""
         if self._skip.is_set():
@@ -65,21 +145,99 @@ class Job:
             return True
         return False
 
+    # -- read by anyone ------------------------------------------------------------------------------------------
+    def snapshot(self, with_preview: bool = False) -> JobSnapshot:
+        """All of the job's state at one instant; the live preview too when ``with_preview``."""
+        preview = self.preview if with_preview else None
+        with self._lock:
+            return JobSnapshot(
+                status=self._status,
+                step=self._step,
+                total_steps=self._total_steps,
+                batch_index=self._batch_index,
+                batch_total=self._batch_total,
+                queue_position=self._queue_position,
+                elapsed=time.monotonic() - self._started_at,
+                interrupted=self._interrupt.is_set(),
+                skip_requested=self._skip.is_set(),
+                preview=preview,
+            )
+
+    @property
+    def preview(self) -> Image.Image | None:
+        """The live preview of the newest latents offered, made on first request for each step.
+
+        Made outside the lock, so the sampler's next step never waits for a reader's picture.
+        """
+        with self._lock:
+            latents, sdxl, step, made = self._latents, self._latents_sdxl, self._preview_step, self._preview
+        if latents is None:
+            return None
+        if made is not None and made[0] == step:
+            return made[1]
+        image = latents_to_preview(latents, sdxl)
+        with self._lock:
+            if self._preview_step == step:  # still the newest latents: keep the picture for the next reader
+                self._preview = (step, image)
+        return image
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
     @property
     def skip_requested(self) -> bool:
         return self._skip.is_set()
 
+    # Single values, each read under the lock; use ``snapshot()`` for several that must agree.
+    @property
+    def status(self) -> str:
+        with self._lock:
+            return self._status
+
+    @property
+    def step(self) -> int:
+        with self._lock:
+            return self._step
+
+    @property
+    def total_steps(self) -> int:
+        with self._lock:
+            return self._total_steps
+
+    @property
+    def batch_index(self) -> int:
+        with self._lock:
+            return self._batch_index
+
+    @property
+    def batch_total(self) -> int:
+        with self._lock:
+            return self._batch_total
+
+    @property
+    def queue_position(self) -> int | None:
+        with self._lock:
+            return self._queue_position
+
+    @property
+    def started_at(self) -> float:
+        with self._lock:
+            return self._started_at
+
+    @property
+    def preview_step(self) -> int:
+        with self._lock:
+            return self._preview_step
+
     @property
     def fraction(self) -> float:
-        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+        return self.snapshot().fraction
 
     @property
     def elapsed(self) -> float:
-        return time.monotonic() - self.started_at
+        return self.snapshot().elapsed
 
     @property
     def eta(self) -> float | None:
-        """Seconds left, from the pace so far; None before the first step."""
-        if self.step <= 0 or not self.total_steps:
-            return None
-        return self.elapsed / self.step * max(0, self.total_steps - self.step)
+        return self.snapshot().eta

@@ -57,7 +57,7 @@ class GenerationQueue:
         finally:
             with self._changed:
                 self._entries.remove(entry)
-                entry.job.queue_position = None
+                entry.job.queued_at(None)
                 if self._running is entry:
                     self._running = None
                 self._renumber()
@@ -70,13 +70,13 @@ class GenerationQueue:
                     return False
                 self._changed.wait(_POLL_SECONDS)
             self._running = entry
-            entry.job.started_at = time.monotonic()  # the ETA counts from the turn, not from joining the line
+            entry.job.start_clock()  # the ETA counts from the turn, not from joining the line
             return True
 
     def _renumber(self) -> None:
         """Tell every waiting job how many are ahead of it, and wake the waiters. Called with the lock held."""
         for index, waiting in enumerate(self._entries):
-            waiting.job.queue_position = index
+            waiting.job.queued_at(index)
         self._changed.notify_all()
 
     # -- what the UI and the API show -------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipelines.errors import EaselError
+from pipelines.sampling.strength import effective_strength, img2img_steps
 
 if TYPE_CHECKING:
     from pipelines.requests import GenerationRequest
@@ -99,9 +100,7 @@ def hires_steps(request: GenerationRequest) -> int:
 
 
 def hires_sampled_steps(request: GenerationRequest) -> int:
-    steps = hires_steps(request)
-    strength = min(1.0, max(request.denoising_strength, 1.0 / steps))
-    return steps - int(steps - steps * strength)
+    return img2img_steps(hires_steps(request), request.denoising_strength)
 
 
 def upscale_latents(latents: torch.Tensor, size: HiresSize, upscaler: str) -> torch.Tensor:
@@ -128,37 +127,14 @@ def upscale_image(image: Image.Image, size: HiresSize, upscaler: str) -> Image.I
     return resized.crop((left, top, left + width, top + height))
 
 
-def hires_infotext_params(request: GenerationRequest) -> dict[str, object]:
-    """A1111's infotext keys for hires fix (``Size`` stays the first pass's size, as A1111 writes it)."""
-    if not (request.enable_hr and request.mode == "txt2img"):
-        return {}
-    resized = request.hr_resize_x > 0 or request.hr_resize_y > 0
-    params: dict[str, object] = {
-        "Denoising strength": request.denoising_strength,
-        "Hires upscale": None if resized else request.hr_scale,
-        "Hires resize": f"{request.hr_resize_x}x{request.hr_resize_y}" if resized else None,
-        "Hires steps": request.hr_second_pass_steps or None,
-        "Hires upscaler": request.hr_upscaler,
-    }
-    if request.hr_sampler_name and request.hr_sampler_name != request.sampler:
-        params["Hires sampler"] = request.hr_sampler_name
-    if request.hr_scheduler and request.hr_scheduler != request.schedule_type:
-        params["Hires schedule type"] = request.hr_scheduler
-    if request.hr_prompt and request.hr_prompt != request.prompt:
-        params["Hires prompt"] = request.hr_prompt
-    if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
-        params["Hires negative prompt"] = request.hr_negative_prompt
-    return params
-
-
 def second_pass_inputs(
     request: GenerationRequest, active: Any, latents: torch.Tensor, decode: Callable[[torch.Tensor], list[Image.Image]]
 ) -> dict[str, Any]:
     """The img2img (or, for an inpainting UNet, inpaint) pipeline arguments of the second pass."""
     size = request_hires_size(request)
     width, height = size.target
-    strength = min(1.0, max(request.denoising_strength, 1.0 / hires_steps(request)))
-    inpaint_model = active.model.unet.config.in_channels == 9
+    strength = effective_strength(hires_steps(request), request.denoising_strength)
+    inpaint_model = active.is_inpaint
     if request.hr_upscaler in LATENT_UPSCALERS and not inpaint_model:
         return {"image": upscale_latents(latents, size, request.hr_upscaler), "strength": strength, "mode": "img2img"}
     upscaler = request.hr_upscaler if request.hr_upscaler in PIXEL_UPSCALERS else "Lanczos"

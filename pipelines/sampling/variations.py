@@ -12,6 +12,11 @@ from collections.abc import Sequence
 import torch
 
 
+def image_subseeds(seed: int, subseed: int, seeds: Sequence[int]) -> list[int]:
+    """Each image's variation seed: it advances with the image's seed, as A1111's ``subseed + i`` does."""
+    return [subseed + (image_seed - seed) for image_seed in seeds]
+
+
 def seed_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(seed)))
 
@@ -62,16 +67,3 @@ def variation_noise(
             noise = paste_centred(noise, seed_noise(seed, (channels, height, width)))
         images.append(noise)
     return torch.stack(images)
-
-
-def variation_infotext_params(request: object, seed: int) -> dict[str, object]:
-    """A1111's ``Variation seed`` (this image's), ``Variation seed strength`` and ``Seed resize from`` fields."""
-    strength = float(getattr(request, "subseed_strength", 0.0) or 0.0)
-    params: dict[str, object] = {}
-    if strength != 0:
-        params["Variation seed"] = int(request.subseed) + (seed - int(request.seed))  # type: ignore[attr-defined]
-        params["Variation seed strength"] = strength
-    width, height = getattr(request, "seed_resize_from_w", 0), getattr(request, "seed_resize_from_h", 0)
-    if width > 0 and height > 0:
-        params["Seed resize from"] = f"{width}x{height}"
-    return params

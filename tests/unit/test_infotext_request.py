@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.metadata.infotext_request import fill_unset, request_from_infotext
+from pipelines.metadata.infotext_request import request_from_infotext
 from pipelines.requests import GenerationRequest
 
 A1111_HIRES = (
@@ -54,12 +54,6 @@ def test_another_tools_text_is_read_as_far_as_it_goes() -> None:
     assert request_from_infotext("").kwargs == {"prompt": "", "negative_prompt": ""}
     bad = request_from_infotext("x\nSteps: twenty, Seed: 1.5, CFG scale: 7, Size: 64x64")
     assert set(bad.skipped) == {"Steps", "Seed"} and bad.kwargs["cfg_scale"] == 7.0
-
-
-def test_fill_unset_keeps_explicit_values() -> None:
-    merged = fill_unset({"prompt": "mine", "steps": None, "seed": 5}, A1111_VARIATION)
-    assert merged["prompt"] == "mine" and merged["seed"] == 5 and merged["steps"] == 20
-    assert merged["subseed"] == 42
 
 
 def test_nan_and_infinity_in_an_infotext_are_skipped_not_read() -> None:

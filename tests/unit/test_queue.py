@@ -16,6 +16,7 @@ from pipelines.models.manager import PipelineManager
 from pipelines.requests import GenerationRequest
 from pipelines.runtime.jobs import Job
 from pipelines.runtime.queue import GenerationQueue, QueueFullError
+from tests.threads import CheckedThread
 
 
 def test_jobs_run_in_order_and_see_their_place() -> None:
@@ -33,11 +34,11 @@ def test_jobs_run_in_order_and_see_their_place() -> None:
                 release.wait(5)
             order.append(index)
 
-    threads = [threading.Thread(target=worker, args=(0,))]
+    threads = [CheckedThread(target=worker, args=(0,))]
     threads[0].start()
     assert first_in.wait(5)
     for i in (1, 2):
-        threads.append(threading.Thread(target=worker, args=(i,)))
+        threads.append(CheckedThread(target=worker, args=(i,)))
         threads[-1].start()
         while queue.position(jobs[i]) is None:
             time.sleep(0.01)
@@ -71,7 +72,7 @@ def test_interrupt_while_waiting_leaves_the_line() -> None:
             with queue.place(waiting) as place:
                 result.append(queue.wait_turn(place))
 
-        thread = threading.Thread(target=wait)
+        thread = CheckedThread(target=wait)
         thread.start()
         while queue.position(waiting) is None:
             time.sleep(0.01)

@@ -6,7 +6,9 @@ import inspect
 import json
 import pickle
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 from diffusers.configuration_utils import FrozenDict
 
@@ -68,6 +70,89 @@ ZERO_SNR_CONFIG = {  # v-prediction with zero terminal SNR, as some SDXL fine-tu
     "timestep_spacing": "trailing",
 }
 CONFIGS = {"sd15": SD15_CONFIG, "sdxl": SDXL_CONFIG, "v": V_PREDICTION_CONFIG, "zero-snr": ZERO_SNR_CONFIG}
+
+# What each sampler refuses, written out by hand (the product's promise, not read back from samplers.py):
+# schedulers without a sigma table (DDIM, PLMS) and Euler a cannot take sigma schedules; LCM keeps its own
+# trailing-like timesteps. Every other sampler takes all seven schedule types.
+SIGMA_SCHEDULES = ("Karras", "Exponential", "Beta")
+REFUSED: dict[str, tuple[str, ...]] = {
+    "Euler a": SIGMA_SCHEDULES,
+    "DDIM": SIGMA_SCHEDULES,
+    "PLMS": SIGMA_SCHEDULES,
+    "LCM": ("Uniform", *SIGMA_SCHEDULES),
+}
+
+
+def _accepted(sampler: str) -> tuple[str, ...]:
+    return tuple(s for s in SCHEDULE_TYPES if s not in REFUSED.get(sampler, ()))
+
+
+def _distinct(values: object) -> np.ndarray:
+    """Consecutive repeats dropped: second-order samplers (Heun, DPM2, DPM++ SDE) and PLMS list steps twice."""
+    array = np.asarray(values, dtype=np.float64)
+    keep = np.ones(len(array), dtype=bool)
+    keep[1:] = ~np.isclose(array[1:], array[:-1], rtol=1e-6, atol=0.0)
+    return array[keep]
+
+
+def _denoising_sigmas(scheduler: object) -> np.ndarray:
+    """The sigma of each of the run's steps, without the final zero(s)."""
+    sigmas = _distinct(scheduler.sigmas)  # type: ignore[attr-defined]
+    return sigmas[sigmas > 0]
+
+
+def _denoising_timesteps(scheduler: object) -> np.ndarray:
+    """The training timestep of each step; for sigma samplers read from the sigmas (DPM2 lists midpoints too)."""
+    if getattr(scheduler, "sigmas", None) is None:
+        return _distinct(scheduler.timesteps)  # type: ignore[attr-defined]
+    alphas = scheduler.alphas_cumprod.double().numpy()  # type: ignore[attr-defined]
+    log_table = np.log(((1 - alphas) / alphas) ** 0.5)
+    return np.interp(np.log(_denoising_sigmas(scheduler)), log_table, np.arange(len(log_table)))
+
+
+def _assert_evenly_spaced(values: np.ndarray, what: str, atol: float = 1e-9, rtol: float = 1e-3) -> float:
+    steps = np.diff(values)
+    assert (steps < 0).all(), f"{what} must decrease: {values}"
+    assert np.allclose(steps, steps.mean(), rtol=rtol, atol=atol), f"{what} are not evenly spaced: {values}"
+    return float(-steps.mean())
+
+
+def _assert_follows(scheduler: object, schedule: str, config: dict[str, object], steps: int) -> None:
+    """The sigmas/timesteps a schedule type stands for, whatever the diffusers class does to get there."""
+    scheduler.set_timesteps(steps)  # type: ignore[attr-defined]
+    if schedule in SIGMA_SCHEDULES:
+        sigmas = _denoising_sigmas(scheduler)
+        assert len(sigmas) == steps and (np.diff(sigmas) < 0).all(), sigmas
+        if schedule == "Karras":  # Karras et al. 2022: sigma^(1/rho) linear in the step, rho = 7
+            _assert_evenly_spaced(sigmas ** (1 / 7), "sigma^(1/7)")
+        elif schedule == "Exponential":  # log-linear from sigma_max down to sigma_min
+            _assert_evenly_spaced(np.log(sigmas), "log sigmas")
+        else:  # A1111's beta schedule: sigma_min + Beta(0.6, 0.6) quantiles * (sigma_max - sigma_min)
+            fraction = (sigmas - sigmas[-1]) / (sigmas[0] - sigmas[-1])
+            expected = scipy.stats.beta.ppf(1 - np.linspace(0, 1, steps), 0.6, 0.6)
+            assert np.allclose(fraction, expected, atol=1e-4), (fraction, expected)
+            gaps = -np.diff(sigmas)
+            assert gaps[0] < gaps.max() and gaps[-1] < gaps.max(), "beta crowds both ends"
+        return
+    timesteps = _denoising_timesteps(scheduler)
+    assert len(timesteps) == steps, timesteps
+    if type(scheduler).__name__ == "LCMScheduler":  # its own schedule, whatever the (accepted) type says
+        assert timesteps[0] == pytest.approx(999) and (np.diff(timesteps) < 0).all() and timesteps[-1] > 0
+        return
+    spacing = {"Uniform": "linspace", "SGM Uniform": "trailing", "Simple": "trailing"}.get(schedule)
+    if schedule == "Automatic":  # the model's own schedule: its declared spacing, or the class default
+        assert not config.get("use_karras_sigmas"), "a model config with sigma flags needs a sigma check here"
+        spacing = config.get("timestep_spacing")  # type: ignore[assignment]
+    step = _assert_evenly_spaced(timesteps, "timesteps", atol=1.5, rtol=0.0)
+    if spacing == "linspace":  # from the last training step down to t=0 (multistep solvers stop a step short)
+        multistep = type(scheduler).__name__ in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+        assert timesteps[0] == pytest.approx(999, abs=1), timesteps
+        assert timesteps[-1] == pytest.approx(step if multistep else 0, abs=1.5), timesteps
+    elif spacing == "trailing":  # from the last training step, never reaching t=0
+        assert timesteps[0] == pytest.approx(999, abs=1), timesteps
+        assert timesteps[-1] == pytest.approx(1000 / steps - 1, abs=1.5), timesteps
+    elif spacing == "leading":  # from t=steps_offset up, so it stops short of the last training step
+        assert timesteps[0] < 999 - step / 2 and timesteps[-1] <= step + 1.5, timesteps
 
 
 def _run(scheduler: object, steps: int) -> torch.Tensor:
@@ -145,9 +230,29 @@ def test_sampler_maps_to_the_design_class(sampler: str, class_name: str, expecte
 
 
 def test_every_listed_sampler_has_a_mapping() -> None:
-    assert SAMPLERS[:2] == ("DPM++ 2M", "DPM++ SDE")
+    assert SAMPLERS[:2] == ("DPM++ 2M", "DPM++ SDE")  # A1111's defaults head the dropdown
     assert len(set(SAMPLERS)) == len(SAMPLERS)
-    assert SCHEDULE_TYPES == ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "Beta")
+    for sampler in SAMPLERS:  # the listed name and its case/spacing variants resolve to the sampler itself
+        assert split_sampler_name(sampler) == (sampler, None)
+        assert split_sampler_name(f" {sampler.upper()} ") == (sampler, None)
+        assert build_scheduler(SD15_CONFIG, sampler) is not None
+    classes = {sampler: type(build_scheduler(SD15_CONFIG, sampler)).__name__ for sampler in SAMPLERS}
+    # One diffusers class may serve several DPM++ solvers; every other sampler has a class of its own.
+    singles = [name for sampler, name in classes.items() if name != "DPMSolverMultistepScheduler"]
+    assert len(set(singles)) == len(singles), classes
+    for schedule in SCHEDULE_TYPES:  # each label is its own canonical name, also in the API's snake case
+        assert canonical_schedule_type(schedule) == schedule
+        assert canonical_schedule_type(schedule.lower().replace(" ", "_")) == schedule
+        assert any(schedule in _accepted(sampler) for sampler in SAMPLERS)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_supported_schedule_types_are_what_builds(sampler: str) -> None:
+    """The dropdown offers exactly the schedule types the sampler accepts (see REFUSED), in SCHEDULE_TYPES order."""
+    assert supported_schedule_types(sampler) == _accepted(sampler)
+    for schedule in SCHEDULE_TYPES:
+        combined = f"{sampler} {schedule}"
+        assert supported_schedule_types(combined) == ((schedule,) if schedule in _accepted(sampler) else ())
 
 
 @pytest.mark.parametrize(
@@ -191,13 +296,18 @@ def test_uniform_and_sgm_uniform_start_at_the_last_training_step() -> None:
 @pytest.mark.parametrize("schedule", SCHEDULE_TYPES)
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_combination_runs_or_refuses_clearly(config_name: str, sampler: str, schedule: str) -> None:
-    try:
-        scheduler = build_scheduler(CONFIGS[config_name], sampler, schedule, noise_seed=1)
-    except EaselError as error:
-        assert sampler in str(error) and schedule in str(error)
-        assert schedule not in supported_schedule_types(sampler)
+    config = CONFIGS[config_name]
+    if schedule in REFUSED.get(sampler, ()):
+        with pytest.raises(EaselError) as refused:
+            build_scheduler(config, sampler, schedule, noise_seed=1)
+        message = str(refused.value)
+        # Names the sampler and the schedule, and lists exactly the schedule types that would work instead.
+        assert f"{sampler} sampler" in message and schedule in message, message
+        assert ", ".join(_accepted(sampler)) in message, message
         return
-    assert schedule in supported_schedule_types(sampler)
+    for steps in (5, 12):
+        _assert_follows(build_scheduler(config, sampler, schedule, noise_seed=1), schedule, config, steps)
+    scheduler = build_scheduler(config, sampler, schedule, noise_seed=1)
     for steps in (1, 2, 4):
         latents = _run(scheduler, steps)
         assert latents.shape == (1, 4, 8, 8)
@@ -206,7 +316,7 @@ def test_every_combination_runs_or_refuses_clearly(config_name: str, sampler: st
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_twenty_steps_run_with_the_usual_schedules(sampler: str) -> None:
-    for schedule in supported_schedule_types(sampler):
+    for schedule in _accepted(sampler):
         assert torch.isfinite(_run(build_scheduler(SD15_CONFIG, sampler, schedule, noise_seed=1), 20)).all()
 
 

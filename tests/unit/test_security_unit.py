@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from pipelines.errors import EaselError
+from webui.cli import parse_args
+from webui.config import ServerConfig
 from webui.security import (
     Credentials,
     is_loopback,
@@ -20,9 +22,9 @@ from webui.security import (
 )
 
 
-def args(**kw: object) -> argparse.Namespace:
-    base = {"host": "127.0.0.1", "listen": False, "auth": [], "auth_file": [], "insecure_no_auth": False}
-    return argparse.Namespace(**{**base, **kw})
+def args(**kw: object) -> ServerConfig:
+    base = {"host": "127.0.0.1", "listen": False, "auth": (), "auth_file": (), "insecure_no_auth": False}
+    return dataclasses.replace(parse_args([]), **{**base, **kw})  # type: ignore[arg-type]
 
 
 def test_credentials_parse_and_check() -> None:

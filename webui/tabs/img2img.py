@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.imaging.resize import RESIZE_MODES
+from pipelines.fields import FIELDS
 from pipelines.requests import GenerationRequest
 from webui.components import (
     OutputPanel,
@@ -17,6 +17,7 @@ from webui.components import (
     values_to_kwargs,
 )
 from webui.context import AppContext
+from webui.field_widgets import build
 from webui.image_inputs import read_image
 from webui.runner import session_of
 from webui.tabs.header import build_tab_header
@@ -27,10 +28,6 @@ from webui.tabs.txt2img import result_updates
 class Img2ImgTab:
     init_image: gr.Image
     output: OutputPanel
-
-
-def denoising_slider(tab: str) -> gr.Slider:
-    return gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{tab}_denoising_strength")
 
 
 def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
@@ -47,10 +44,8 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
                 elem_id="img2img_image",
                 height=400,
             )
-            resize_mode = gr.Radio(
-                list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize mode", elem_id="img2img_resize"
-            )
-            denoising = denoising_slider("img2img")
+            resize_mode = build("resize_mode", "img2img")
+            denoising = build("denoising_strength", "img2img")
             panel = build_param_panel("img2img")
         with gr.Column(scale=1):
             out = build_output_panel("img2img")
@@ -74,8 +69,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
             negative_prompt=negative or "",
             checkpoint=checkpoint_name or None,
             init_image=init,
-            resize_mode=int(resize or 0),
-            denoising_strength=float(denoising_strength),
+            **FIELDS.from_values(("resize_mode", "denoising_strength"), (resize, denoising_strength)),
             **values_to_kwargs(values[:-1]),
             **(values[-1] or {}),  # the networks state: last, so the API's positional parameters stay as they were
         )

@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.errors import EaselError
-from pipelines.imaging.masks import MASKED_CONTENT
+from pipelines.fields import FIELDS
 from pipelines.imaging.outpaint import outpaint_request
 from pipelines.imaging.outpaint_canvas import OUTPAINT_FILLS, OUTPAINT_MAX, OUTPAINT_STEP
 from pipelines.requests import GenerationRequest
@@ -25,14 +25,21 @@ from webui.components import (
     values_to_kwargs,
 )
 from webui.context import AppContext
+from webui.field_widgets import build
 from webui.image_inputs import editor_background, editor_mask, editor_value
 from webui.runner import session_of
 from webui.tabs.header import build_tab_header
-from webui.tabs.img2img import denoising_slider
 from webui.tabs.txt2img import result_updates
 
-MASK_MODES = ("Inpaint masked", "Inpaint not masked")
-INPAINT_AREAS = ("Whole picture", "Only masked")
+INPAINT_FIELDS = (
+    "mask_blur",
+    "inpaint_full_res_padding",
+    "inpainting_mask_invert",
+    "inpaint_full_res",
+    "inpainting_fill",
+    "denoising_strength",
+)
+"""The inpaint panel's own fields, in the order the handlers receive them."""
 OUTPAINT_SIDES = ("left", "right", "up", "down")
 BRUSH_COLOUR = "#ff00ff"  # one colour: the mask is where anything was painted, the colour only has to show
 BRUSH_SIZE = 24  # image pixels; the editor's brush-size slider changes it
@@ -75,29 +82,13 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
                     height=240,
                 )
             with gr.Row():
-                mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="inpaint_mask_blur")
-                padding = gr.Slider(
-                    0, 256, value=32, step=4, label="Only masked padding, pixels", elem_id="inpaint_padding"
-                )
+                mask_blur = build("mask_blur", "inpaint")
+                padding = build("inpaint_full_res_padding", "inpaint")
             with gr.Row():
-                mask_mode = gr.Radio(
-                    list(MASK_MODES), value=MASK_MODES[0], type="index", label="Mask mode", elem_id="inpaint_mask_mode"
-                )
-                inpaint_area = gr.Radio(
-                    list(INPAINT_AREAS),
-                    value=INPAINT_AREAS[0],
-                    type="index",
-                    label="Inpaint area",
-                    elem_id="inpaint_area",
-                )
-            masked_content = gr.Radio(
-                list(MASKED_CONTENT),
-                value=MASKED_CONTENT[1],
-                type="index",
-                label="Masked content",
-                elem_id="inpaint_masked_content",
-            )
-            denoising = denoising_slider("inpaint")
+                mask_mode = build("inpainting_mask_invert", "inpaint")
+                inpaint_area = build("inpaint_full_res", "inpaint")
+            masked_content = build("inpainting_fill", "inpaint")
+            denoising = build("denoising_strength", "inpaint")
             with gr.Accordion("Outpaint", open=False, elem_id="outpaint_accordion"):
                 with gr.Row():
                     sides = gr.CheckboxGroup(
@@ -137,17 +128,13 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
         strength: float,
         values: tuple[Any, ...],
     ) -> GenerationRequest:
+        own = FIELDS.from_values(INPAINT_FIELDS, (blur, pad, invert, area, content, strength))
         return GenerationRequest(
             mode="inpaint",
             prompt=prompt or "",
             negative_prompt=negative or "",
             checkpoint=checkpoint_name or None,
-            denoising_strength=float(strength),
-            mask_blur=int(blur),
-            inpaint_full_res_padding=int(pad),
-            inpainting_mask_invert=bool(invert),
-            inpaint_full_res=bool(area),
-            inpainting_fill=int(content if content is not None else 1),
+            **own,
             **values_to_kwargs(values),
         )
 

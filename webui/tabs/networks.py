@@ -14,11 +14,12 @@ import gradio as gr
 
 from pipelines.conditioning.styles import PromptStyle
 from pipelines.errors import EaselError
-from pipelines.networks.vae import is_automatic
+from pipelines.networks.vae import AUTOMATIC
+from pipelines.settings import apply_settings
 from webui.components import PromptBoxes
 from webui.context import AppContext
 
-AUTOMATIC_VAE = "Automatic"
+AUTOMATIC_VAE = AUTOMATIC
 LORA_MULTIPLIER = 1  # A1111's extra_networks_default_multiplier
 
 
@@ -156,12 +157,16 @@ def build_networks_panel(ctx: AppContext, tab: str, prompts: PromptBoxes, styles
     return NetworksPanel(styles, state)
 
 
+def current_vae(ctx: AppContext) -> str:
+    """The global VAE choice as the picker shows it (the settings keep None for Automatic)."""
+    return ctx.engine.settings.sd_vae or AUTOMATIC_VAE
+
+
 def build_vae_picker(ctx: AppContext) -> gr.Dropdown:
     """A1111's "SD VAE": one global choice, used by every request that names no VAE of its own."""
-    current = ctx.engine.settings.sd_vae
     return gr.Dropdown(
         vae_choices(ctx),
-        value=AUTOMATIC_VAE if is_automatic(current) else current,
+        value=current_vae(ctx),
         label="SD VAE",
         elem_id="easel_vae",
         scale=2,
@@ -170,14 +175,14 @@ def build_vae_picker(ctx: AppContext) -> gr.Dropdown:
 
 
 def wire_vae_picker(app: gr.Blocks, ctx: AppContext, vae: gr.Dropdown, refresh: gr.Button) -> None:
-    settings = ctx.engine.settings
-
     def choose(name: str | None) -> None:
-        settings.sd_vae = None if is_automatic(name) else name
+        try:
+            apply_settings(ctx.engine, {"sd_vae": name})  # the same check and "Automatic" rule as POST /options
+        except EaselError as exc:  # a file removed since the list was shown
+            raise gr.Error(str(exc)) from exc
 
     def current() -> dict[str, Any]:
-        value = AUTOMATIC_VAE if is_automatic(settings.sd_vae) else settings.sd_vae
-        return gr.update(choices=vae_choices(ctx), value=value)
+        return gr.update(choices=vae_choices(ctx), value=current_vae(ctx))
 
     private = {"api_visibility": "private", "queue": False}
     vae.change(choose, vae, None, **private)

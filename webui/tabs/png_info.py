@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
+from pipelines.fields import MODES
 from pipelines.metadata.infotext import parse_infotext, read_image_parameters
 
 
@@ -31,7 +32,7 @@ def build_png_info_tab() -> None:
         with gr.Column():
             text = gr.Textbox(label="Parameters", lines=8, interactive=False, buttons=["copy"], elem_id="png_info_text")
             with gr.Row():
-                for tab, label in (("txt2img", "txt2img"), ("img2img", "img2img"), ("inpaint", "inpaint")):
-                    gr.Button(f"Send to {label}", elem_id=f"png_info_send_{tab}", size="sm")  # wired in prompt_tools
+                for tab in MODES:
+                    gr.Button(f"Send to {tab}", elem_id=f"png_info_send_{tab}", size="sm")  # wired in prompt_tools
             fields = gr.JSON(label="Fields", elem_id="png_info_fields")
     image.change(read_png_info, image, [text, fields], api_name="png_info")

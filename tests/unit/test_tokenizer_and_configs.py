@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from transformers import CLIPTextConfig  # noqa: E402
 
 from pipelines.models.tokenizers import TOKENIZER_DIR, load_clip_tokenizer  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parent.parent / "pipelines" / "configs"
+CONFIGS = TOKENIZER_DIR.parent  # pipelines/models/configs: one folder per family beside the tokenizer
 
 # family -> (pipeline class, unet in_channels, prediction_type, unet cross_attention_dim, text encoders)
 CLIP_L = ("CLIPTextModel", 768, 12, "quick_gelu")

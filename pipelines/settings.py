@@ -1,0 +1,91 @@
+"""Run-time engine settings with one writer: the Settings tab, the VAE picker and ``POST /sdapi/v1/options``.
+
+Each of them used to write ``EngineSettings`` (and the manager's RAM cache size) itself, with its own idea of what
+"Automatic" means and of the bounds. ``apply_settings`` checks every change first and applies them only when all
+are good, so a bad value never leaves half a change behind. Nothing is written to disk here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from pipelines.errors import EaselError
+from pipelines.networks.vae import find_vae, is_automatic
+
+if TYPE_CHECKING:
+    from pipelines.generate import Engine
+
+PREVIEW_EVERY_MAX = 150
+"""The most steps a request may ask for: a longer period would never show a preview."""
+RAM_CACHE_MAX = 64
+"""Checkpoints kept in RAM at most (each is gigabytes); 0 means as many as fit in half the free RAM."""
+SETTING_NAMES = ("preview_every", "save_outputs", "sd_vae", "ram_cache_size")
+
+
+def _whole_number(label: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high]``: ints and whole floats (what sliders send); never bools or NaN."""
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and number == int(number) and low <= number <= high):
+        raise EaselError(f"{label} must be a whole number from {low} to {high} (got {value!r})")
+    return int(number)
+
+
+def _flag(label: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise EaselError(f"{label} must be true or false (got {value!r})")
+
+
+def normalized_vae(engine: Engine, name: object, label: str = "sd_vae") -> str | None:
+    """None for the checkpoint's own VAE ("Automatic", "None", "" or None, any case); else the file's own name.
+
+    A name that matches no file in the VAE folder is refused now, rather than failing every later generation.
+    """
+    if name is None or (isinstance(name, str) and is_automatic(name)):
+        return None
+    if not isinstance(name, str):
+        raise EaselError(f"{label} must be a VAE file name, or Automatic")
+    return find_vae(engine.networks.vae_files(), name).name
+
+
+def _checked(engine: Engine, name: str, value: object, label: str) -> object:
+    if name == "preview_every":
+        return _whole_number(label, value, 0, PREVIEW_EVERY_MAX)
+    if name == "save_outputs":
+        return _flag(label, value)
+    if name == "sd_vae":
+        return normalized_vae(engine, value, label)
+    if name == "ram_cache_size":
+        return _whole_number(label, 0 if value is None else value, 0, RAM_CACHE_MAX) or None
+    raise EaselError(f"unknown setting '{label}' (settings: {', '.join(SETTING_NAMES)})")
+
+
+def validated_settings(
+    engine: Engine, changes: Mapping[str, object], labels: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    """The changes in canonical form; EaselError for the first bad one, named as ``labels`` says (the API's keys)."""
+    labels = labels or {}
+    return {name: _checked(engine, name, value, labels.get(name, name)) for name, value in changes.items()}
+
+
+def current_settings(engine: Engine) -> dict[str, object]:
+    """Every setting's value now, as ``apply_settings`` takes them."""
+    return {
+        "preview_every": engine.settings.preview_every,
+        "save_outputs": engine.settings.save_outputs,
+        "sd_vae": engine.settings.sd_vae,
+        "ram_cache_size": engine.manager.ram_cache_size,
+    }
+
+
+def apply_settings(engine: Engine, changes: Mapping[str, object], labels: Mapping[str, str] | None = None) -> list[str]:
+    """Check every change, then apply them all; the names of the settings whose value changed."""
+    checked = validated_settings(engine, changes, labels)
+    before = current_settings(engine)
+    for name, value in checked.items():
+        setattr(engine.manager if name == "ram_cache_size" else engine.settings, name, value)
+    return [name for name, value in checked.items() if before[name] != value]

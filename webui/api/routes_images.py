@@ -1,0 +1,69 @@
+"""Images in, images out without generating: PNG info and the extras upscaler (``pipelines.imaging.upscale``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from pipelines.errors import EaselError
+from pipelines.imaging.upscale import upscale
+from pipelines.metadata.infotext import parse_infotext, read_image_parameters
+from webui.api.checks import check_extras_request, decode_image
+from webui.api.config import ApiSettings
+from webui.api.mapping import encode_png, upscale_spec
+from webui.api.models import (
+    ExtrasBatchImagesRequest,
+    ExtrasBatchImagesResponse,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
+    PngInfoRequest,
+    PngInfoResponse,
+)
+
+
+def png_info_of(data: str, max_pixels: int) -> dict[str, Any]:
+    """The image's A1111 parameters text, parsed, and its other text chunks."""
+    if not data.strip():
+        return {"info": "", "items": {}, "parameters": {}}
+    image = decode_image(data, "image", max_pixels)
+    text = read_image_parameters(image) or ""
+    items = {k: v for k, v in image.info.items() if k != "parameters" and isinstance(v, str | int | float)}
+    return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+
+
+def build_images_router(settings: ApiSettings) -> APIRouter:
+    router = APIRouter()
+    max_pixels = settings.max_upload_pixels
+
+    @router.post("/png-info", response_model=PngInfoResponse)
+    def png_info(req: PngInfoRequest) -> dict[str, Any]:
+        return png_info_of(req.image or "", max_pixels)
+
+    @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
+    def extra_single_image(req: ExtrasSingleImageRequest) -> dict[str, Any]:
+        if not (req.image or "").strip():
+            raise EaselError("image: no image given")
+        spec = upscale_spec(req)
+        check_extras_request([("image", req.image or "")], spec, max_pixels)
+        image = decode_image(req.image or "", "image", max_pixels)
+        return {"html_info": "", "image": encode_png(upscale(image, spec))}
+
+    @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
+    def extra_batch_images(req: ExtrasBatchImagesRequest) -> dict[str, Any]:
+        """Sizes checked from the headers first; then each image decoded, upscaled and encoded before the next."""
+        spec = upscale_spec(req)
+        named = [(f"imageList[{i}]", f.data) for i, f in enumerate(req.imageList or [])]
+        check_extras_request(named, spec, max_pixels)
+        images = [encode_png(upscale(decode_image(data, what, max_pixels), spec)) for what, data in named]
+        return {"html_info": "", "images": images}
+
+    @router.get("/face-restorers")
+    def face_restorers() -> list[dict[str, Any]]:
+        return []
+
+    @router.get("/realesrgan-models")
+    def realesrgan_models() -> list[dict[str, Any]]:
+        return []
+
+    return router

@@ -1,0 +1,64 @@
+"""Checkpoints, samplers, schedulers and upscalers, listed in A1111's shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from pipelines.generate import Engine
+from pipelines.imaging.upscale import UPSCALERS
+from pipelines.sampling.samplers import SAMPLERS, SCHEDULE_TYPES
+from webui.api.mapping import checkpoint_title, schedule_name
+from webui.api.models import SamplerItem, SchedulerItem, SDModelItem, UpscalerItem
+
+
+def sd_model_items(engine: Engine) -> list[dict[str, Any]]:
+    manager = engine.manager
+    items = []
+    for info in manager.checkpoints:
+        short = manager.hashes.cached(info.path)
+        items.append(
+            {
+                "title": checkpoint_title(info, short),
+                "model_name": info.model_name,
+                "hash": short,
+                "sha256": None,
+                "filename": str(info.path),
+                "config": None,
+            }
+        )
+    return items
+
+
+def build_models_router(engine: Engine) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/sd-models", response_model=list[SDModelItem])
+    def sd_models() -> list[dict[str, Any]]:
+        return sd_model_items(engine)
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        engine.manager.refresh()
+
+    @router.get("/samplers", response_model=list[SamplerItem])
+    def samplers() -> list[dict[str, Any]]:
+        return [{"name": name, "aliases": [], "options": {}} for name in SAMPLERS]
+
+    @router.get("/schedulers", response_model=list[SchedulerItem])
+    def schedulers() -> list[dict[str, Any]]:
+        return [
+            {"name": schedule_name(n), "label": n, "aliases": None, "default_rho": -1, "need_inner_model": False}
+            for n in SCHEDULE_TYPES
+        ]
+
+    @router.get("/upscalers", response_model=list[UpscalerItem])
+    def upscalers() -> list[dict[str, Any]]:
+        return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4} for n in UPSCALERS]
+
+    @router.get("/latent-upscale-modes")
+    def latent_upscale_modes() -> list[dict[str, str]]:
+        return []
+
+    return router
