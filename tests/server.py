@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -88,9 +89,16 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    args: list[str], log_path: Path, timeout: float = 180.0, env: dict[str, str] | None = None
+    args: list[str],
+    log_path: Path,
+    timeout: float = 180.0,
+    env: dict[str, str] | None = None,
+    https_ca: Path | None = None,
 ) -> Iterator[str]:
-    """Run ``python -m webui ARGS --port N`` and yield its base URL once it answers; stop it afterwards."""
+    """Run ``python -m webui ARGS --port N`` and yield its base URL once it answers; stop it afterwards.
+
+    ``https_ca``: the server speaks HTTPS with a certificate this CA file vouches for.
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -107,14 +115,15 @@ def running_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        url = f"http://127.0.0.1:{port}"
+        url = f"{'https' if https_ca else 'http'}://127.0.0.1:{port}"
+        context = ssl.create_default_context(cafile=str(https_ca)) if https_ca else None
         try:
             deadline = time.monotonic() + timeout
             while True:
                 if proc.poll() is not None:
                     raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
                 try:
-                    with urllib.request.urlopen(url + "/", timeout=2):
+                    with urllib.request.urlopen(url + "/", timeout=2, context=context):
                         break
                 except OSError:
                     if time.monotonic() > deadline:

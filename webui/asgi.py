@@ -93,13 +93,13 @@ def check_file_payloads(blocks: gr.Blocks) -> None:
     blocks.has_launched = True
 
 
-def reachable_urls(host: str, port: int) -> list[str]:
+def reachable_urls(host: str, port: int, scheme: str = "http") -> list[str]:
     """Every URL the server answers at: loopback, and the LAN addresses when bound beyond it."""
-    urls = [f"http://127.0.0.1:{port}"]
+    urls = [f"{scheme}://127.0.0.1:{port}"]
     if host in ("0.0.0.0", "::", ""):
-        urls += [f"http://{address}:{port}" for address in lan_addresses()]
+        urls += [f"{scheme}://{address}:{port}" for address in lan_addresses()]
     elif not is_loopback(host):
-        urls = [f"http://{host}:{port}"]
+        urls = [f"{scheme}://{host}:{port}"]
     return urls
 
 
@@ -112,6 +112,8 @@ def banner(urls: list[str], security: SecuritySettings, api_enabled: bool) -> st
         lines.append(f"Login required ({len(security.credentials.users)} user(s)); API: HTTP Basic, same credentials.")
     elif not is_loopback(security.host):
         lines.append("WARNING: no login required (--insecure-no-auth): anyone on this network can use it.")
+    if security.credentials and not security.tls and not is_loopback(security.host):
+        lines.append("Note: plain HTTP: passwords cross the network readable; add --tls-certfile/--tls-keyfile.")
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +126,8 @@ def run_server(app: FastAPI, security: SecuritySettings, port: int, api_enabled:
         log_level="warning",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         proxy_headers=False,
+        ssl_certfile=str(security.tls.certfile) if security.tls else None,
+        ssl_keyfile=str(security.tls.keyfile) if security.tls else None,
     )
     server = uvicorn.Server(config)
 
@@ -131,7 +135,7 @@ def run_server(app: FastAPI, security: SecuritySettings, port: int, api_enabled:
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         if server.started:
-            print(banner(reachable_urls(security.host, port), security, api_enabled), flush=True)
+            print(banner(reachable_urls(security.host, port, security.scheme), security, api_enabled), flush=True)
 
     threading.Thread(target=announce, name="easel-banner", daemon=True).start()
     server.run()

@@ -86,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest request or upload accepted, in MB"
     )
     server.add_argument(
+        "--tls-certfile",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="serve HTTPS with this certificate (PEM); with --tls-keyfile. Passwords then never cross the LAN in clear",
+    )
+    server.add_argument(
+        "--tls-keyfile",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the certificate's private key (PEM, unencrypted); refused when group or others can read it",
+    )
+    server.add_argument(
         "--session-days",
         type=float,
         default=DEFAULT_SESSION_DAYS,

@@ -41,6 +41,8 @@ class ServerConfig:
     queue_size: int
     max_upload_mb: float
     session_days: float
+    tls_certfile: Path | None
+    tls_keyfile: Path | None
     login_free_failures: int
     login_lockout_failures: int
 

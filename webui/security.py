@@ -223,6 +223,36 @@ class Credentials:
         return self.check if self.users else None
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A PEM certificate and its private key for HTTPS."""
+
+    certfile: Path
+    keyfile: Path
+
+
+def tls_files(certfile: Path | None, keyfile: Path | None) -> TlsFiles | None:
+    """Checked --tls-certfile/--tls-keyfile: both or neither, readable, the key private to its owner."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise EaselError("HTTPS needs both --tls-certfile and --tls-keyfile")
+    for flag, path in (("--tls-certfile", certfile), ("--tls-keyfile", keyfile)):
+        try:
+            info = path.stat()
+            with path.open("rb") as handle:
+                head = handle.read(64)
+        except OSError as exc:
+            raise EaselError(f"{flag} {path}: cannot read it ({exc.strerror})") from exc
+        if not stat.S_ISREG(info.st_mode) or b"-----BEGIN" not in head:
+            raise EaselError(f"{flag} {path}: not a PEM file")
+    if keyfile.stat().st_mode & 0o077:
+        raise EaselError(
+            f"--tls-keyfile {keyfile} can be read by other users; make it private with: chmod 600 {keyfile}"
+        )
+    return TlsFiles(certfile, keyfile)
+
+
 # -- the command line's security settings -------------------------------------------------------------------
 @dataclass
 class SecuritySettings:
@@ -233,6 +263,11 @@ class SecuritySettings:
     insecure_no_auth: bool = False
     throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
     session_max_age_s: float = DEFAULT_SESSION_DAYS * 86400
+    tls: TlsFiles | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
 
 def is_loopback(host: str) -> bool:
@@ -260,6 +295,7 @@ def security_from_args(config: ServerConfig) -> SecuritySettings:
             free_failures=config.login_free_failures, lockout_failures=config.login_lockout_failures
         ),
         session_max_age_s=config.session_days * 86400,
+        tls=tls_files(config.tls_certfile, config.tls_keyfile),
     )
     if not is_loopback(host) and not settings.credentials and not settings.insecure_no_auth:
         raise EaselError(
@@ -546,6 +582,8 @@ def _with_headers(send: Send, https: bool = False, max_age: int = int(DEFAULT_SE
                 kept.append((key, harden_cookie(value, https, max_age) if name == b"set-cookie" else value))
             names = {k.lower() for k, _ in kept}
             kept += [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+            if https and b"strict-transport-security" not in names:
+                kept.append((b"strict-transport-security", b"max-age=31536000"))
             message = {**message, "headers": kept}
         await send(message)
 
