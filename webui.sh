@@ -22,6 +22,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$PY" -m pip install --quiet --upgrade pip
   if [ -n "${EASEL_TORCH:-}" ]; then "$PY" -m pip install --quiet "$EASEL_TORCH"; fi
   "$PY" -m pip install --quiet -e ".$extras"
+  if [ -n "$extras" ]; then
+    # test-only reference for the sampler formulas; --no-deps: its requirements pull torchvision, wandb, kornia
+    "$PY" -m pip install --quiet --no-deps "k-diffusion==0.1.1.post1"
+  fi
   touch "$stamp"
 fi
 
