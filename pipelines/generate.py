@@ -209,6 +209,7 @@ class Engine:
         self.manager.prepare(target)  # slow disk load happens outside the device lock
         with self.manager.device_lock:
             job.set_status("running")
+            previous = self.manager.active.info.name if self.manager.active else None
             try:
                 active = self.manager.activate(target)
                 device, dtype = self.manager.device, self.manager.dtype
@@ -217,6 +218,9 @@ class Engine:
             except BaseException:
                 job.set_status("failed")
                 raise
+            finally:
+                if request.restore_checkpoint and previous not in (None, target):
+                    self.manager.activate(previous)  # still under the lock: no other job sees the override
             job.set_status("interrupted" if result.interrupted else "done")
             return result
 

@@ -37,6 +37,7 @@ class GenerationRequest:
     prompt: str = ""
     negative_prompt: str = ""
     checkpoint: str | None = None  # None: the active one
+    restore_checkpoint: bool = False  # A1111's override_settings_restore_afterwards: the active one comes back
     sampler: str = "Euler a"
     schedule_type: str = "Automatic"
     steps: int = 20

@@ -128,6 +128,11 @@ def test_model_switch_through_options(api: webuiapi.WebUIApi, server) -> None:
     # a per-request override switches too
     body = payload(override_settings={"sd_model_checkpoint": "tiny-sd1-diffusers"})
     assert json.loads(post(url, "txt2img", body).json()["info"])["sd_model_name"] == "tiny-sd1-diffusers"
+    # ... for that request only (A1111's override_settings_restore_afterwards, true by default)
+    assert get(url, "options").json()["sd_model_checkpoint"].startswith("tiny-sd1.safetensors [")
+    sticky = payload(override_settings={"sd_model_checkpoint": "tiny-sd1-diffusers"})
+    assert post(url, "txt2img", {**sticky, "override_settings_restore_afterwards": False}).status_code == 200
+    assert get(url, "options").json()["sd_model_checkpoint"] == "tiny-sd1-diffusers"
     api.set_options({"sd_model_checkpoint": "tiny-sd1.safetensors"})
     bad = post(url, "options", {"sd_model_checkpoint": "no-such-model"})
     assert bad.status_code == 422 and "no checkpoint named" in bad.json()["detail"]

@@ -73,6 +73,7 @@ def _common_kwargs(req: GenerationFields, mode: str, defaults: dict[str, Any]) -
         **FIELDS.from_payload(endpoint, req, [mode]),
         "mode": mode,
         "checkpoint": checkpoint or None,
+        "restore_checkpoint": bool(checkpoint) and req.override_settings_restore_afterwards is not False,
         "clip_skip": _clip_skip(overrides, defaults),
         "save": bool(req.save_images) and not req.do_not_save_samples,
     }
