@@ -23,7 +23,8 @@ ALL_MODES = frozenset(MODES)
 IMAGE_MODES = frozenset({"img2img", "inpaint"})
 CORE = "core"
 _UNSET: Any = object()
-SKIP: Any = object()  # from_api's "this payload value means: the engine's default"
+SKIP: Any = object()
+MAX_SEED = 2**32 - 1  # from_api's "this payload value means: the engine's default"
 
 Writer = Callable[[Any, int], object]  # (validated request, this image's seed) -> value, or None to leave it out
 
@@ -297,9 +298,11 @@ def _when(condition: Callable[[Any], bool], value: Callable[[Any], object]) -> W
 
 
 def _variation_seed(request: Any, seed: int) -> object:
+    from pipelines.sampling.variations import image_subseeds
+
     if not request.subseed_strength:
         return None
-    return int(request.subseed) + (seed - int(request.seed))  # A1111: each image's subseed is subseed + i
+    return image_subseeds(int(request.seed), int(request.subseed), [seed])[0]
 
 
 def _differs(name: str, base: str) -> Writer:
@@ -437,6 +440,7 @@ FIELDS = FieldRegistry(
             -1,
             api="seed",
             group="params",
+            bounds=(0, MAX_SEED),  # checked once -1 ("random") has been replaced by a seed
             infotext=Infotext("Seed", lambda _r, seed: seed, whole_number),
             widget=Widget("number", "Seed (-1 = random)", "seed", precision=0),
             label="Seed",
@@ -464,6 +468,7 @@ FIELDS = FieldRegistry(
             -1,
             api="subseed",
             group="variation",
+            bounds=(0, MAX_SEED),
             infotext=Infotext("Variation seed", _variation_seed, whole_number),
             widget=Widget("number", "Variation seed (-1 = random)", "subseed", precision=0),
             label="Variation seed",
@@ -486,6 +491,7 @@ FIELDS = FieldRegistry(
             0,
             api="seed_resize_from_w",
             api_default=-1,
+            bounds=(1, 2048),  # checked only when on (> 0): the old size's noise is drawn in full
             from_api=_positive_or_skip,
             group="variation",
             infotext=Infotext(
@@ -502,6 +508,7 @@ FIELDS = FieldRegistry(
             0,
             api="seed_resize_from_h",
             api_default=-1,
+            bounds=(1, 2048),
             from_api=_positive_or_skip,
             group="variation",
             infotext=Infotext("Seed resize from", None, whole_number, part=2),

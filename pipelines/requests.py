@@ -9,16 +9,10 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.errors import EaselError
-from pipelines.fields import FIELDS, MODES
+from pipelines.fields import FIELDS, MAX_SEED, MODES
 from pipelines.sampling.samplers import SCHEDULE_TYPES, split_sampler_name
 
-MAX_SEED = 2**32 - 1
 MODE_FOLDERS = {mode: f"{mode}-images" for mode in MODES}
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:  # also refuses NaN, which compares false with everything
-        raise EaselError(f"{name} must be between {low:g} and {high:g} (got {value:g})")
 
 
 def _whole_number(name: str, value: float) -> int:
@@ -93,7 +87,7 @@ class GenerationRequest:
         seed = _whole_number("Seed", self.seed)
         if seed == -1:
             seed = random.randint(0, MAX_SEED)
-        _check_range("Seed", seed, 0, MAX_SEED)
+        FIELDS["seed"].check(seed)
         if self.mode != "txt2img":
             if self.init_image is None:
                 raise EaselError("no image given: upload or paste an image first")
@@ -105,11 +99,11 @@ class GenerationRequest:
         subseed = _whole_number("Variation seed", self.subseed) if self.subseed is not None else -1
         if subseed == -1:
             subseed = random.randint(0, MAX_SEED)
-        _check_range("Variation seed", subseed, 0, MAX_SEED)
+        FIELDS["subseed"].check(subseed)
         self._check("subseed_strength")
-        for name, value in (("width", self.seed_resize_from_w), ("height", self.seed_resize_from_h)):
-            if value > 0:  # 0 or -1: off. The old size's noise is drawn in full: unbounded, it could exhaust RAM
-                _check_range(f"Resize seed from {name}", value, 1, 2048)
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            if getattr(self, name) > 0:  # 0 or -1: off; the old size's noise is drawn in full, hence the bound
+                self._check(name)
         hires = _checked_hires(self) if self.enable_hr and self.mode == "txt2img" else {}
         return replace(
             self,

@@ -17,8 +17,6 @@ _SECRET_FLAGS = frozenset({"auth", "auth_file", "credentials", "security"})
 class ApiSettings:
     """Limits and echoes of one API; the model folders are the engine's (``engine.networks.folders``)."""
 
-    models_dir: Path = Path("models")  # not read: kept while webui/asgi.py still passes it
-    embeddings_dir: Path = Path("embeddings")  # not read: as models_dir
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS
     cmd_flags: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # options set through POST /options, echoed back
