@@ -23,6 +23,7 @@ from pipelines.imaging.inpaint import (
     prepare_img2img,
     prepare_inpaint,
 )
+from pipelines.imaging.latents import decode_latents
 from pipelines.imaging.masks import latent_fill, latent_mask_from_pixel_mask
 from pipelines.metadata.infotext import format_infotext
 from pipelines.metadata.outputs import save_image
@@ -53,22 +54,6 @@ def encoder_kind(family: str) -> str:
     if family == "sdxl_refiner":
         return "sdxl_refiner"
     return "sdxl" if family.startswith("sdxl") else family[:3]
-
-
-def decode_latents(active: ActiveModel, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE decode to RGB; fp16 VAEs that overflow (NaN) are upcast to fp32 once and the decode retried."""
-    vae = active.model.vae
-    if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
-        vae.to(torch.float32)
-    scaled = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
-    with torch.no_grad():
-        pixels = vae.decode(scaled.to(vae.dtype)).sample
-        if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
-            log.warning("VAE produced NaNs in %s; upcasting it to fp32", vae.dtype)
-            vae.to(torch.float32)
-            pixels = vae.decode(scaled.to(torch.float32)).sample
-    arrays = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    return [Image.fromarray(np.ascontiguousarray(a.permute(1, 2, 0).numpy()), "RGB") for a in arrays]
 
 
 def _ignored_fields(request: GenerationRequest) -> list[str]:
@@ -366,7 +351,7 @@ class Engine:
         """One batch: the pipeline call, then the hires fix's second pass when asked; decoded images."""
         latents = self._denoise(request, active, embeds, seeds, job, inputs)
         if request.mode == "txt2img" and request.enable_hr and not job.interrupted:
-            hires_inputs = second_pass_inputs(request, active, latents, lambda x: decode_latents(active, x))
+            hires_inputs = second_pass_inputs(request, active, latents, lambda x: decode_latents(active.model.vae, x))
             hires = replace(
                 request,
                 sampler=request.hr_sampler_name or request.sampler,
@@ -375,7 +360,7 @@ class Engine:
             )
             embeds = self._embeddings(active, request, hires=True)
             latents = self._denoise(hires, active, embeds, seeds, job, hires_inputs)
-        return decode_latents(active, latents)
+        return decode_latents(active.model.vae, latents)
 
     def _denoise(
         self,

@@ -127,8 +127,16 @@ def upscale_image(image: Image.Image, size: HiresSize, upscaler: str) -> Image.I
     return resized.crop((left, top, left + width, top + height))
 
 
+PixelUpscale = Callable[[Image.Image, HiresSize, str], Image.Image]
+"""``(first-pass picture, size, upscaler name) -> picture at size.target``: how a non-latent upscaler resizes."""
+
+
 def second_pass_inputs(
-    request: GenerationRequest, active: Any, latents: torch.Tensor, decode: Callable[[torch.Tensor], list[Image.Image]]
+    request: GenerationRequest,
+    active: Any,
+    latents: torch.Tensor,
+    decode: Callable[[torch.Tensor], list[Image.Image]],
+    upscale: PixelUpscale | None = None,
 ) -> dict[str, Any]:
     """The img2img (or, for an inpainting UNet, inpaint) pipeline arguments of the second pass."""
     size = request_hires_size(request)
@@ -137,8 +145,12 @@ def second_pass_inputs(
     inpaint_model = active.is_inpaint
     if request.hr_upscaler in LATENT_UPSCALERS and not inpaint_model:
         return {"image": upscale_latents(latents, size, request.hr_upscaler), "strength": strength, "mode": "img2img"}
-    upscaler = request.hr_upscaler if request.hr_upscaler in PIXEL_UPSCALERS else "Lanczos"
-    images = [upscale_image(image, size, upscaler) for image in decode(latents)]
+    if upscale is None:
+        upscale = upscale_image
+        upscaler = request.hr_upscaler if request.hr_upscaler in PIXEL_UPSCALERS else "Lanczos"
+    else:
+        upscaler = request.hr_upscaler
+    images = [upscale(image, size, upscaler) for image in decode(latents)]
     inputs: dict[str, Any] = {"image": images, "strength": strength, "mode": "img2img"}
     if inpaint_model:  # all of the picture is "masked": the inpainting UNet repaints it at the new size
         mask = Image.new("L", (width, height), 255)
