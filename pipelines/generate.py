@@ -48,6 +48,17 @@ class EngineSettings:
     preview_every: int = 1  # live preview every N steps; 0 disables
     save_outputs: bool = True
     sd_vae: str | None = None  # A1111's global sd_vae: used when a request names no VAE (None: Automatic)
+    # Sampling, as A1111's settings of the same names (config.json keys); requests override them per image.
+    randn_source: str = "NV"  # "GPU" / "CPU" / "NV": NV gives on any device the numbers A1111 gets on NVIDIA GPUs
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0  # 0 means no upper bound, as in A1111
+    s_noise: float = 1.0
+    eta_noise_seed_delta: int = 0
+    beta_dist_alpha: float = 0.6
+    beta_dist_beta: float = 0.6
 
 
 def encoder_kind(family: str) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.errors import EaselError
 from pipelines.networks.vae import find_vae, is_automatic
+from pipelines.sampling.rng import SOURCES, parse_source
 
 if TYPE_CHECKING:
     from pipelines.generate import Engine
@@ -21,7 +22,26 @@ PREVIEW_EVERY_MAX = 150
 """The most steps a request may ask for: a longer period would never show a preview."""
 RAM_CACHE_MAX = 64
 """Checkpoints kept in RAM at most (each is gigabytes); 0 means as many as fit in half the free RAM."""
-SETTING_NAMES = ("preview_every", "save_outputs", "sd_vae", "ram_cache_size")
+# Sampling settings: name -> (low, high). A1111's config.json keys and its sliders' ranges.
+SAMPLING_BOUNDS: dict[str, tuple[float, float]] = {
+    "eta_ancestral": (0.0, 1.0),
+    "eta_ddim": (0.0, 1.0),
+    "s_churn": (0.0, 100.0),
+    "s_tmin": (0.0, 10.0),
+    "s_tmax": (0.0, 999.0),
+    "s_noise": (0.0, 1.1),
+    "beta_dist_alpha": (0.01, 1.0),
+    "beta_dist_beta": (0.01, 1.0),
+}
+SETTING_NAMES = (
+    "preview_every",
+    "save_outputs",
+    "sd_vae",
+    "ram_cache_size",
+    "randn_source",
+    "eta_noise_seed_delta",
+    *SAMPLING_BOUNDS,
+)
 
 
 def _whole_number(label: str, value: object, low: int, high: int) -> int:
@@ -30,6 +50,20 @@ def _whole_number(label: str, value: object, low: int, high: int) -> int:
     if not (math.isfinite(number) and number == int(number) and low <= number <= high):
         raise EaselError(f"{label} must be a whole number from {low} to {high} (got {value!r})")
     return int(number)
+
+
+def _number(label: str, value: object, low: float, high: float) -> float:
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and low <= number <= high):
+        raise EaselError(f"{label} must be a number from {low:g} to {high:g} (got {value!r})")
+    return float(number)
+
+
+def _rng_source(label: str, value: object) -> str:
+    try:
+        return parse_source(str(value))
+    except ValueError:
+        raise EaselError(f"{label} must be one of {', '.join(SOURCES)} (got {value!r})") from None
 
 
 def _flag(label: str, value: object) -> bool:
@@ -61,6 +95,12 @@ def _checked(engine: Engine, name: str, value: object, label: str) -> object:
         return normalized_vae(engine, value, label)
     if name == "ram_cache_size":
         return _whole_number(label, 0 if value is None else value, 0, RAM_CACHE_MAX) or None
+    if name == "randn_source":
+        return _rng_source(label, value)
+    if name == "eta_noise_seed_delta":
+        return _whole_number(label, value, 0, 2**32 - 1)
+    if name in SAMPLING_BOUNDS:
+        return _number(label, value, *SAMPLING_BOUNDS[name])
     raise EaselError(f"unknown setting '{label}' (settings: {', '.join(SETTING_NAMES)})")
 
 
@@ -79,6 +119,7 @@ def current_settings(engine: Engine) -> dict[str, object]:
         "save_outputs": engine.settings.save_outputs,
         "sd_vae": engine.settings.sd_vae,
         "ram_cache_size": engine.manager.ram_cache_size,
+        **{name: getattr(engine.settings, name) for name in ("randn_source", "eta_noise_seed_delta", *SAMPLING_BOUNDS)},
     }
 
 

@@ -41,7 +41,13 @@ def test_folders_follow_the_a1111_layout(tmp_path: Path) -> None:
 def test_changes_are_applied_and_reported(engine: SimpleNamespace) -> None:
     changed = apply_settings(engine, {"preview_every": 4.0, "save_outputs": False, "ram_cache_size": 3, "sd_vae": ""})
     assert changed == ["preview_every", "save_outputs", "ram_cache_size"]  # sd_vae was None already
-    assert current_settings(engine) == {"preview_every": 4, "save_outputs": False, "sd_vae": None, "ram_cache_size": 3}
+    now = current_settings(engine)
+    assert {k: now[k] for k in ("preview_every", "save_outputs", "sd_vae", "ram_cache_size")} == {
+        "preview_every": 4,
+        "save_outputs": False,
+        "sd_vae": None,
+        "ram_cache_size": 3,
+    }
     assert apply_settings(engine, {"ram_cache_size": 0, "sd_vae": "SHARP.vae"}) == ["ram_cache_size", "sd_vae"]
     assert (engine.settings.sd_vae, engine.manager.ram_cache_size) == ("sharp.vae.safetensors", None)
 
@@ -111,3 +117,18 @@ def test_upscale_by_factor_to_size_cropped_and_blended() -> None:
     with pytest.raises(RequestTooLargeError, match="b brings this request's results"):
         check_results(UpscaleSpec(upscaling_resize=8), [("a", (512, 512))] * 4 + [("b", (512, 512))])
     assert MAX_RESULTS_PIXELS == 4 * (512 * 8) ** 2  # four results at the largest size, and no more
+
+
+def test_sampling_settings_are_checked_and_applied(engine: SimpleNamespace) -> None:
+    changed = apply_settings(engine, {"randn_source": "cpu", "eta_ancestral": 0.5, "eta_noise_seed_delta": 31337})
+    assert engine.settings.randn_source == "CPU" and engine.settings.eta_ancestral == 0.5
+    assert set(changed) == {"randn_source", "eta_ancestral", "eta_noise_seed_delta"}
+    for bad in (
+        {"randn_source": "quantum"},
+        {"s_noise": 2.0},
+        {"eta_ddim": float("nan")},
+        {"eta_noise_seed_delta": -1},
+    ):
+        with pytest.raises(EaselError):
+            apply_settings(engine, bad)
+    assert engine.settings.randn_source == "CPU"  # a refused change leaves the value alone
