@@ -25,6 +25,7 @@ from pipelines.imaging.inpaint import (
 )
 from pipelines.imaging.latents import decode_latents
 from pipelines.imaging.masks import latent_fill, latent_mask_from_pixel_mask
+from pipelines.metadata.filenames import SaveOptions, filename_tags
 from pipelines.metadata.infotext import format_infotext
 from pipelines.metadata.outputs import save_image
 from pipelines.models.manager import ActiveModel, PipelineManager
@@ -59,6 +60,14 @@ class EngineSettings:
     eta_noise_seed_delta: int = 0
     beta_dist_alpha: float = 0.6
     beta_dist_beta: float = 0.6
+    clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: for requests that set none (the API; the UI's default)
+    # Saving, as A1111's settings of the same names (pipelines.metadata.filenames.SaveOptions reads them).
+    samples_format: str = "png"  # png / jpg / webp
+    jpeg_quality: int = 80  # JPEG and lossy WebP
+    webp_lossless: bool = False
+    samples_filename_pattern: str = ""  # "" means "[seed]"; the file is NNNNN-<pattern>.<format>
+    save_to_dirs: bool = True
+    directories_filename_pattern: str = "[date]"
 
 
 def encoder_kind(family: str) -> str:
@@ -248,7 +257,11 @@ class Engine:
             for image, seed in zip(batch_images, batch_seeds, strict=True):
                 text = self.infotext(request, active, seed, extra)
                 if request.save and self.settings.save_outputs:
-                    paths.append(save_image(image, self.outputs_dir, MODE_FOLDERS[request.mode], seed, text, when))
+                    tags = filename_tags(request, seed, active.info.model_name, active.hash, worn.vae)
+                    options = SaveOptions.from_settings(self.settings)
+                    paths.append(
+                        save_image(image, self.outputs_dir, MODE_FOLDERS[request.mode], seed, text, when, options, tags)
+                    )
                 images.append(image)
                 seeds.append(seed)
                 infotexts.append(text)

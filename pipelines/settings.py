@@ -2,7 +2,8 @@
 
 Each of them used to write ``EngineSettings`` (and the manager's RAM cache size) itself, with its own idea of what
 "Automatic" means and of the bounds. ``apply_settings`` checks every change first and applies them only when all
-are good, so a bad value never leaves half a change behind. Nothing is written to disk here.
+are good, so a bad value never leaves half a change behind. Nothing is written to disk here
+(``pipelines.settings_store`` keeps them in config.json).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pipelines.errors import EaselError
+from pipelines.metadata.filenames import check_format, check_pattern
 from pipelines.networks.vae import find_vae, is_automatic
 from pipelines.sampling.rng import SOURCES, parse_source
 
@@ -33,6 +35,18 @@ SAMPLING_BOUNDS: dict[str, tuple[float, float]] = {
     "beta_dist_alpha": (0.01, 1.0),
     "beta_dist_beta": (0.01, 1.0),
 }
+CLIP_SKIP_MAX = 12
+SAVE_SETTINGS = (
+    "samples_format",
+    "jpeg_quality",
+    "webp_lossless",
+    "samples_filename_pattern",
+    "save_to_dirs",
+    "directories_filename_pattern",
+)
+"""How images are written (``pipelines.metadata.filenames.SaveOptions``), A1111's config.json keys."""
+_ENGINE_FIELDS = ("randn_source", "eta_noise_seed_delta", *SAMPLING_BOUNDS, "clip_skip", *SAVE_SETTINGS)
+"""Settings that are ``EngineSettings`` attributes of the same name."""
 SETTING_NAMES = (
     "preview_every",
     "save_outputs",
@@ -41,6 +55,8 @@ SETTING_NAMES = (
     "randn_source",
     "eta_noise_seed_delta",
     *SAMPLING_BOUNDS,
+    "clip_skip",
+    *SAVE_SETTINGS,
 )
 
 
@@ -101,6 +117,16 @@ def _checked(engine: Engine, name: str, value: object, label: str) -> object:
         return _whole_number(label, value, 0, 2**32 - 1)
     if name in SAMPLING_BOUNDS:
         return _number(label, value, *SAMPLING_BOUNDS[name])
+    if name == "clip_skip":
+        return _whole_number(label, value, 1, CLIP_SKIP_MAX)
+    if name == "samples_format":
+        return check_format(label, value)
+    if name == "jpeg_quality":
+        return _whole_number(label, value, 1, 100)
+    if name in ("webp_lossless", "save_to_dirs"):
+        return _flag(label, value)
+    if name in ("samples_filename_pattern", "directories_filename_pattern"):
+        return check_pattern(label, value)
     raise EaselError(f"unknown setting '{label}' (settings: {', '.join(SETTING_NAMES)})")
 
 
@@ -119,7 +145,7 @@ def current_settings(engine: Engine) -> dict[str, object]:
         "save_outputs": engine.settings.save_outputs,
         "sd_vae": engine.settings.sd_vae,
         "ram_cache_size": engine.manager.ram_cache_size,
-        **{name: getattr(engine.settings, name) for name in ("randn_source", "eta_noise_seed_delta", *SAMPLING_BOUNDS)},
+        **{name: getattr(engine.settings, name) for name in _ENGINE_FIELDS},
     }
 
 

@@ -1,7 +1,9 @@
 """Saving generated images: A1111's folder layout and numbering, metadata inside, never a lost or clobbered file.
 
 Layout: `<outputs>/<mode folder>/YYYY-MM-DD/NNNNN-SEED.png`, numbered like A1111 (one past the highest
-number already in the folder, whoever wrote it), so Easel can share an outputs folder with A1111/Forge.
+number already in the folder, whoever wrote it), so Easel can share an outputs folder with A1111/Forge. The
+settings may name the files and the date folder otherwise (``pipelines.metadata.filenames``) and pick JPEG or
+WebP, whose infotext goes in the EXIF UserComment as A1111 writes it.
 
 Why it is careful: an artist's image must never be overwritten or half-written, even when several threads
 or processes save into one folder at once. The PNG is written in full to a hidden temp file in the same
@@ -19,14 +21,16 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from pipelines.errors import EaselError
+from pipelines.metadata.filenames import SaveOptions, image_stem, subfolder
 
 try:
     import fcntl
@@ -36,8 +40,12 @@ except ImportError:  # Windows: names stay unique through os.link / O_EXCL; numb
 log = logging.getLogger(__name__)
 _NUMBERED = re.compile(r"^(\d+)(?:[-.]|$)")
 _TEMP_PREFIX = ".tmp-"
-_TEMP_NAME = re.compile(r"^\.tmp-[a-z0-9_]{8}\.png$")
+_TEMP_NAME = re.compile(r"^\.tmp-[a-z0-9_]{8}\.(png|jpg|webp)$")
 """What ``tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".png")`` names a save's temp file: 8 of [a-z0-9_]."""
+_EXIF_IFD = 0x8769
+_USER_COMMENT = 0x9286
+EXIF_MAX_BYTES = 65_000
+"""A JPEG's EXIF block must fit one 64 KiB segment; longer infotext is cut (and logged) rather than lost whole."""
 STALE_TEMP_SECONDS = 60.0
 """A temp file younger than this may be another process's save under way (a save takes well under a second)."""
 _MAX_ATTEMPTS = 1000
@@ -68,6 +76,38 @@ def _png_info(infotext: str) -> PngInfo:
     else:
         info.add_text("parameters", infotext)
     return info
+
+
+def user_comment(infotext: str) -> bytes:
+    """EXIF UserComment as A1111 (piexif's ``UserComment.dump(..., encoding="unicode")``) writes it: UTF-16BE."""
+    return b"UNICODE\0" + infotext.encode("utf-16-be")
+
+
+def _exif(infotext: str) -> Image.Exif:
+    comment = user_comment(infotext)
+    if len(comment) > EXIF_MAX_BYTES:
+        log.warning("infotext of %d characters cut to fit the EXIF block", len(infotext))
+        comment = comment[: EXIF_MAX_BYTES - (EXIF_MAX_BYTES % 2)]
+    exif = Image.Exif()
+    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = comment
+    return exif
+
+
+def _write(image: Image.Image, file: Any, infotext: str, options: SaveOptions) -> None:
+    """Encode ``image`` in the chosen format with its infotext where A1111 puts it for that format."""
+    extension = options.extension
+    if extension == "png":
+        if image.mode not in _PNG_MODES:
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        image.save(file, format="PNG", pnginfo=_png_info(infotext))
+    elif extension == "jpg":
+        image = image.convert("RGB") if image.mode not in ("RGB", "L") else image
+        image.save(file, format="JPEG", quality=options.jpeg_quality, exif=_exif(infotext))
+    else:
+        if image.mode not in ("RGB", "RGBA"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        quality = 100 if options.webp_lossless else options.jpeg_quality
+        image.save(file, format="WEBP", quality=quality, lossless=options.webp_lossless, exif=_exif(infotext))
 
 
 @contextlib.contextmanager
@@ -119,14 +159,14 @@ def _fsync_folder(folder: Path) -> None:
 def remove_unfinished_saves(outputs_dir: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
     """Delete the hidden temp PNGs that saves killed mid-way (``kill -9``, power loss) left in the date folders.
 
-    Only where ``save_image`` writes (``<outputs>/<mode>/<date>/``), only names of its own temp pattern, only
+    Only where ``save_image`` writes (``<outputs>/<mode>/[<date>/]``), only names of its own temp pattern, only
     regular files (a symlink is never one of ours), never through a symlinked folder, and only files older than
     ``older_than`` seconds. The finished image of such a save, if it got its name, is a separate file and stays.
     """
     removed: list[Path] = []
     cutoff = time.time() - older_than
     for mode_folder in _real_subfolders(Path(outputs_dir)):
-        for day_folder in _real_subfolders(mode_folder):
+        for day_folder in [mode_folder, *_real_subfolders(mode_folder)]:  # the mode folder: save_to_dirs off
             for entry in _scan(day_folder):
                 if not _TEMP_NAME.match(entry.name):
                     continue
@@ -167,27 +207,38 @@ def save_image(
     seed: int,
     infotext: str,
     when: datetime | None = None,
+    options: SaveOptions | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Path:
-    """Save `image` with its infotext in the `parameters` chunk; returns the new file's path."""
+    """Save `image` with its infotext (PNG `parameters` chunk, or EXIF UserComment); returns the new file's path.
+
+    ``options``: format and naming (PNG, ``NNNNN-SEED`` in a date folder when None); ``tags``: the values of the
+    pattern's tags (``filenames.filename_tags``), ``[seed]`` being ``seed`` unless given.
+    """
     if not mode_folder or mode_folder in (".", "..") or "/" in mode_folder or "\\" in mode_folder:
         raise ValueError(f"mode_folder must be one folder name, got {mode_folder!r}")
-    folder = Path(outputs_dir) / mode_folder / (when or datetime.now()).strftime("%Y-%m-%d")
-    if image.mode not in _PNG_MODES:
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    options = SaveOptions() if options is None else options
+    when = when or datetime.now()
+    tags = {"seed": str(seed), **(tags or {})}
+    folder = Path(outputs_dir) / mode_folder
+    below = subfolder(options, tags, when)
+    if below is not None:
+        folder = folder / below
+    extension = options.extension
 
     temp: Path | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".png", dir=folder)
+        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=f".{extension}", dir=folder)
         temp = Path(temp_name)
         with os.fdopen(fd, "wb") as file:
-            image.save(file, format="PNG", pnginfo=_png_info(infotext))
+            _write(image, file, infotext, options)
             file.flush()
             os.fsync(file.fileno())
         with _folder_lock(folder):
             number = next_sequence_number(folder)
             for _ in range(_MAX_ATTEMPTS):
-                final = folder / f"{number:05d}-{seed}.png"
+                final = folder / f"{image_stem(options, tags, when, number)}.{extension}"
                 try:
                     _claim(temp, final)
                 except FileExistsError:
