@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipelines.generate import Engine
+from pipelines.settings_store import SettingsStore
 from webui.runner import JobRegistry
 
 
@@ -14,6 +15,12 @@ class AppContext:
     demo_checkpoint: str | None = None  # name of the random-weight demo checkpoint, when one was built
     jobs: JobRegistry = field(default_factory=JobRegistry)
     skipped_checkpoints: dict[str, str] = field(default_factory=dict)  # name -> why it could not load at start-up
+    settings: SettingsStore = field(default_factory=lambda: SettingsStore.open(None))  # config.json, ui-config.json
+    startup_notes: list[str] = field(default_factory=list)  # e.g. the remembered checkpoint is gone: shown in the UI
+
+    def save_settings(self) -> None:
+        """Write the engine's settings and checkpoint to config.json (after any change the UI applied)."""
+        self.settings.record(self.engine)
 
     def checkpoint_names(self) -> list[str]:
         return [c.name for c in self.engine.manager.checkpoints]

@@ -13,6 +13,7 @@ from pipelines.models.devices import choose_device, choose_dtype
 from pipelines.models.manager import PipelineManager
 from pipelines.networks.library import NetworkFolders, NetworkLibrary
 from pipelines.runtime.queue import GenerationQueue
+from pipelines.settings_store import SettingsStore
 from webui.app import CSS, SHORTCUTS_JS, build_app
 from webui.asgi import build_server_app, run_server
 from webui.config import ServerConfig
@@ -42,7 +43,13 @@ def build_context(args: ServerConfig) -> AppContext:
         queue=GenerationQueue(args.queue_size),
         networks=NetworkLibrary(folders, manager.hashes, args.allow_pickle),
     )
-    ctx = AppContext(engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None)
+    store = SettingsStore.open(args.data_dir, args.ui_settings_file)
+    ctx = AppContext(
+        engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None, settings=store
+    )
+    store.restore(engine)  # bad values are skipped, logged and listed in store.warnings (the UI shows them)
+    if args.ram_cache is not None:  # given on the command line: it wins over the file
+        manager.ram_cache_size = args.ram_cache
     if args.ckpt:  # asked for by name: starting on another model instead would make images from the wrong one
         log.info("loading %s", args.ckpt)
         try:
@@ -51,6 +58,14 @@ def build_context(args: ServerConfig) -> AppContext:
             raise EaselError(f"--ckpt {args.ckpt}: could not be loaded: {exc}") from exc
         return ctx
     candidates = _preferred(ctx)
+    remembered = store.checkpoint
+    if remembered is not None:
+        active, failed = manager.activate_first([remembered])  # any failure of that one file: fall back
+        if active is not None:
+            log.info("loaded %s (in use last time)", active.info.name)
+            return ctx
+        note = f"The checkpoint in use last time, `{remembered}`, could not be loaded ({failed[remembered]})"
+        ctx.startup_notes.append(note + "; Easel started on another one.")
     active, ctx.skipped_checkpoints = manager.activate_first(candidates)
     if active is not None:
         log.info("loaded %s", active.info.name)

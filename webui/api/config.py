@@ -9,6 +9,7 @@ from typing import Any
 from fastapi.encoders import jsonable_encoder
 
 from pipelines.imaging.uploads import DEFAULT_MAX_UPLOAD_PIXELS
+from pipelines.settings_store import SettingsStore
 
 _SECRET_FLAGS = frozenset({"auth", "auth_file", "credentials", "security"})
 
@@ -19,7 +20,12 @@ class ApiSettings:
 
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS
     cmd_flags: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)  # options set through POST /options, echoed back
+    store: SettingsStore = field(default_factory=lambda: SettingsStore.open(None))  # config.json: /options
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Every option kept (config.json's keys): the defaults requests fall back on, e.g. clip skip."""
+        return self.store.values
 
 
 def public_cmd_flags(args: Any) -> dict[str, Any]:

@@ -62,12 +62,12 @@ def build_state_router(engine: Engine, settings: ApiSettings) -> APIRouter:
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
-        return read_options(engine, settings.options)
+        return read_options(engine, settings.store)
 
     @router.post("/options")
     def set_options(options: dict[str, Any]) -> None:
         """``sd_model_checkpoint`` switches the model (after the running job); other keys are kept and echoed."""
-        write_options(engine, settings.options, options)
+        write_options(engine, settings.store, options)
 
     @router.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:
