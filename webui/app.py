@@ -16,6 +16,7 @@ from webui.tabs.networks import build_vae_picker, wire_vae_picker
 from webui.tabs.png_info import build_png_info_tab
 from webui.tabs.settings import build_settings_tab
 from webui.tabs.txt2img import build_txt2img_tab
+from webui.ui_defaults import apply_ui_defaults, tab_defaults
 
 CSS = (Path(__file__).parent / "style.css").read_text()
 SHORTCUTS_JS = (Path(__file__).parent / "shortcuts.js").read_text()
@@ -45,9 +46,16 @@ def skipped_banner(ctx: AppContext) -> str:
     return "\n\n".join(lines)
 
 
+def settings_banner(ctx: AppContext) -> str:
+    """Start-up's notes on the settings: a corrupt or unreadable config.json, the remembered checkpoint gone."""
+    ui_problems = tab_defaults(ctx.settings.ui)[1]
+    return "\n\n".join(f"⚠️ {text}" for text in [*ctx.settings.warnings, *ui_problems, *ctx.startup_notes])
+
+
 def banner_text(ctx: AppContext) -> str:
     """What the banner under the checkpoint picker says: the demo model's warning and checkpoints skipped at start."""
-    return "\n\n".join(part for part in (skipped_banner(ctx), demo_banner(ctx)) if part)
+    parts = (settings_banner(ctx), skipped_banner(ctx), demo_banner(ctx))
+    return "\n\n".join(part for part in parts if part)
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
@@ -77,16 +85,18 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("PNG Info", id="png_info"):
                 build_png_info_tab()
             with gr.Tab("Settings", id="settings"):
-                build_settings_tab(ctx)
+                build_settings_tab(ctx, app)
         wire_send_buttons(tabs, [txt2img_output, img2img.output, inpaint.output], img2img.init_image, inpaint.editor)
         wire_vae_picker(app, ctx, vae, refresh)
         wire_prompt_tools(app, ctx, tabs, checkpoint)  # token counters, ↙ read parameters, PNG Info "Send to"
+        apply_ui_defaults(app, ctx.settings.ui, ctx.engine.settings.clip_skip)  # ui-config.json: before the config
 
         def switch(name: str | None):
             if not name:
                 return gr.update(), gr.update()
             try:
                 ctx.engine.switch_checkpoint(name)
+                ctx.save_settings()  # the checkpoint is back after a restart
             except EaselError as exc:
                 raise gr.Error(str(exc)) from exc
             return _model_status(ctx), banner_text(ctx)

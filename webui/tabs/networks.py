@@ -178,6 +178,7 @@ def wire_vae_picker(app: gr.Blocks, ctx: AppContext, vae: gr.Dropdown, refresh: 
     def choose(name: str | None) -> None:
         try:
             apply_settings(ctx.engine, {"sd_vae": name})  # the same check and "Automatic" rule as POST /options
+            ctx.save_settings()  # config.json: the VAE is back after a restart
         except EaselError as exc:  # a file removed since the list was shown
             raise gr.Error(str(exc)) from exc
 
