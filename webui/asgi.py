@@ -55,7 +55,7 @@ def build_server_app(
     )
     if api_enabled:
         install_error_handlers(app)
-        app.include_router(build_api_router(ctx, ApiSettings(cmd_flags=public_cmd_flags(config))))
+        app.include_router(build_api_router(ctx, ApiSettings(cmd_flags=public_cmd_flags(config), store=ctx.settings)))
 
     # Gradio's own line only feeds the engine's (the one that is bounded and shown): it just must not be shorter.
     blocks.queue(default_concurrency_limit=1, max_size=max(64, 2 * ctx.engine.queue.max_size))
@@ -112,8 +112,15 @@ def banner(urls: list[str], security: SecuritySettings, api_enabled: bool) -> st
         lines.append(f"Login required ({len(security.credentials.users)} user(s)); API: HTTP Basic, same credentials.")
     elif not is_loopback(security.host):
         lines.append("WARNING: no login required (--insecure-no-auth): anyone on this network can use it.")
-    if security.credentials and not security.tls and not is_loopback(security.host):
-        lines.append("Note: plain HTTP: passwords cross the network readable; add --tls-certfile/--tls-keyfile.")
+    if not security.tls and not is_loopback(security.host):
+        lines.append(
+            "WARNING: plain HTTP on the network: passwords, prompts and images cross the LAN in clear text, readable "
+            "by anyone on it. Add --tls-self-signed (or --tls-certfile/--tls-keyfile)."
+        )
+    if security.tls and security.tls.fingerprint:
+        lines.append(f"HTTPS certificate {security.tls.certfile} (self-signed), SHA-256 fingerprint:")
+        lines.append(f"  {security.tls.fingerprint}")
+        lines.append("Browsers warn once about it: check that they show this fingerprint, then accept it.")
     return "\n".join(lines) + "\n"
 
 

@@ -40,6 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow .ckpt/.pt/.bin pickle checkpoints (loaded weights-only); they are refused otherwise",
     )
     models.add_argument("--no-demo", action="store_true", help="do not build the random-weight demo model")
+    models.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where config.json, ui-config.json and the --tls-self-signed certificate live "
+        "(default: the folder that holds --models-dir, as A1111 keeps config.json beside models/)",
+    )
+    models.add_argument(
+        "--ui-settings-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the settings file, if not <data-dir>/config.json (A1111's option of the same name)",
+    )
 
     compute = parser.add_argument_group("compute")
     compute.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -100,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the certificate's private key (PEM, unencrypted); refused when group or others can read it",
     )
     server.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve HTTPS with a certificate made for this machine on first start (in <data-dir>/tls/, reused later; "
+        "browsers ask once to trust it: compare the SHA-256 fingerprint printed at start)",
+    )
+    server.add_argument(
         "--session-days",
         type=float,
         default=DEFAULT_SESSION_DAYS,
@@ -126,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     """The command line (``sys.argv`` when None) as the server's typed configuration; exits on a bad option."""
     args = build_parser().parse_args(argv)
     args.ckpt_dir = args.ckpt_dir or args.models_dir / "Stable-diffusion"
+    args.data_dir = args.data_dir or args.models_dir.parent
+    if args.tls_self_signed and (args.tls_certfile or args.tls_keyfile):
+        build_parser().error("--tls-self-signed makes its own certificate: leave out --tls-certfile/--tls-keyfile")
     if args.queue_size < 1:
         build_parser().error("--queue-size must be at least 1")
     if args.session_days <= 0 or not args.login_free_failures >= 1 or args.login_lockout_failures < 1:

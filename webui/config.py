@@ -25,6 +25,8 @@ class ServerConfig:
     ckpt: str | None
     allow_pickle: bool
     no_demo: bool
+    data_dir: Path  # resolved: the folder holding models_dir unless given; config.json lives here
+    ui_settings_file: Path | None  # config.json elsewhere
     # compute
     device: str
     precision: str
@@ -43,6 +45,7 @@ class ServerConfig:
     session_days: float
     tls_certfile: Path | None
     tls_keyfile: Path | None
+    tls_self_signed: bool
     login_free_failures: int
     login_lockout_failures: int
 

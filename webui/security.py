@@ -229,6 +229,7 @@ class TlsFiles:
 
     certfile: Path
     keyfile: Path
+    fingerprint: str | None = None  # SHA-256, shown at start for a certificate Easel made (--tls-self-signed)
 
 
 def tls_files(certfile: Path | None, keyfile: Path | None) -> TlsFiles | None:
@@ -295,7 +296,7 @@ def security_from_args(config: ServerConfig) -> SecuritySettings:
             free_failures=config.login_free_failures, lockout_failures=config.login_lockout_failures
         ),
         session_max_age_s=config.session_days * 86400,
-        tls=tls_files(config.tls_certfile, config.tls_keyfile),
+        tls=_tls(config),
     )
     if not is_loopback(host) and not settings.credentials and not settings.insecure_no_auth:
         raise EaselError(
@@ -303,7 +304,17 @@ def security_from_args(config: ServerConfig) -> SecuritySettings:
             "Add --auth USER:PASSWORD (repeatable) or --auth-file PATH (one user:password a line, chmod 600), "
             "or pass --insecure-no-auth if this network is yours alone."
         )
+    if not is_loopback(host) and settings.tls is None:
+        log.warning("serving plain HTTP on %s: passwords and images cross the network readable", host)
     return settings
+
+
+def _tls(config: ServerConfig) -> TlsFiles | None:
+    if config.tls_self_signed:
+        from webui.self_signed import self_signed_files  # imports cryptography: only when asked for
+
+        return self_signed_files(config.data_dir)
+    return tls_files(config.tls_certfile, config.tls_keyfile)
 
 
 # -- this machine's names ---------------------------------------------------------------------------------
