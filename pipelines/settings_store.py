@@ -193,7 +193,8 @@ class SettingsStore:
             try:
                 good.update(validated_settings(engine, {setting: self.values[key]}, SETTING_KEYS))
             except EaselError as exc:
-                problems.append(f"{self.path}: {exc}; the default is used")
+                named = str(exc) if key in str(exc) else f"{key}: {exc}"
+                problems.append(f"{self.path}: {named}; the default is used")
         apply_settings(engine, good, SETTING_KEYS)
         for text in problems:
             log.warning("%s", text)

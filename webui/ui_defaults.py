@@ -56,11 +56,12 @@ def checked_default(field: RequestField, value: Any) -> Any:
     Index radios and dropdowns (masked content...) show labels: a label is turned back into its index here.
     """
     spec = field.widget
-    if spec is not None and spec.index and spec.choices is not None and isinstance(value, str):
+    if spec is not None and spec.index and spec.choices is not None:
         choices = list(spec.choices())
-        if value not in choices:
-            raise EaselError(f"{field.name}: '{value}' is not one of {', '.join(choices)}")
-        value = choices.index(value)
+        if isinstance(value, str) and value in choices:
+            value = choices.index(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(choices):
+            raise EaselError(f"{field.name}: {value!r} is not one of {', '.join(choices)}")
     elif spec is not None and spec.choices is not None and value is not None:
         choices = list(spec.choices())
         if value not in choices:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 
@@ -32,9 +32,12 @@ from webui.context import AppContext
 from webui.tabs.networks import vae_choices
 from webui.ui_defaults import checked_default, default_fields, tab_defaults, ui_key
 
+T = TypeVar("T")
 SEARCH_JS = """
 (query) => {
-  const text = (query || "").toLowerCase().trim();
+  // The box's own value: the event's argument can lag one keystroke behind a pasted or filled text.
+  const box = document.querySelector("#settings_search textarea, #settings_search input");
+  const text = ((box && box.value) || query || "").toLowerCase().trim();
   const root = document.getElementById("easel_settings");
   if (!root) return query;
   root.querySelectorAll(".easel-setting").forEach((el) => {
@@ -154,14 +157,17 @@ UI_SECTION = "User interface defaults"
 
 
 def shown_values(ctx: AppContext) -> dict[str, Any]:
-    """Every setting as the widgets show it (A1111's keys), and the tabs' defaults (ui-config.json keys)."""
+    """Every setting as its widget sends it (A1111's keys), and the tabs' defaults (ui-config.json keys).
+
+    The defaults are engine values: an index radio (masked content...) sends its choice's index.
+    """
     values = current_settings(ctx.engine)
     shown = {s.key: stored_value(ENGINE_KEYS[s.key], values[ENGINE_KEYS[s.key]]) for s in ALL_SETTINGS}
     defaults, _problems = tab_defaults(ctx.settings.ui)
     for tab in MODES:
         for field in default_fields(tab):
             key = ui_key(tab, field)
-            shown[key] = field_widgets.widget_value(field, defaults.get(key, field.default))
+            shown[key] = defaults.get(key, field.default)
     return shown
 
 
@@ -185,6 +191,10 @@ def _widget(setting: Setting, ctx: AppContext, value: Any) -> gr.components.Comp
     if setting.kind == "radio":
         return gr.Radio(setting.choices(ctx), value=value, **common)
     return gr.Dropdown(setting.choices(ctx), value=value, **common)
+
+
+def _rows(items: list[T], size: int) -> list[list[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _describe(value: Any) -> str:
@@ -247,26 +257,31 @@ def build_settings_tab(ctx: AppContext, app: gr.Blocks) -> None:
         for title, settings in SECTIONS.items():
             with gr.Group(elem_classes=["easel-settings-section"]):
                 gr.Markdown(f"### {title}", elem_classes=["easel-settings-heading"])
-                for setting in settings:
-                    widgets[setting.key] = _widget(setting, ctx, shown[setting.key])
+                for row in _rows(settings, 2):
+                    with gr.Row():
+                        for setting in row:
+                            widgets[setting.key] = _widget(setting, ctx, shown[setting.key])
         defaults, _problems = tab_defaults(ctx.settings.ui)  # engine values (build shows them as the widget does)
         for tab in MODES:
             with gr.Group(elem_classes=["easel-settings-section"]):
                 gr.Markdown(f"### {UI_SECTION}: {tab}", elem_classes=["easel-settings-heading"])
-                for field in default_fields(tab):
-                    key = ui_key(tab, field)
-                    widgets[key] = field_widgets.build(
-                        field.name,
-                        tab,
-                        value=defaults.get(key, field.default),
-                        elem_id=f"setting_ui_{tab}_{field.name}",
-                        elem_classes=["easel-setting"],
-                        info=key,
-                    )
+                for row in _rows(default_fields(tab), 3):
+                    with gr.Row():
+                        for field in row:
+                            key = ui_key(tab, field)
+                            widgets[key] = field_widgets.build(
+                                field.name,
+                                tab,
+                                value=defaults.get(key, field.default),
+                                elem_id=f"setting_ui_{tab}_{field.name}",
+                                elem_classes=["easel-setting"],
+                                info=key,
+                            )
         gr.Markdown(
             f"Checkpoints: `{manager.checkpoints_dir}` · Outputs: `{ctx.engine.outputs_dir}` · "
             f"Device: `{manager.device}` · dtype: `{str(manager.dtype).removeprefix('torch.')}`"
         )
+    widgets = {"sd_vae": widgets.pop("sd_vae"), **widgets}  # first: its load update also refreshes the choices
     keys = list(widgets)
     baseline = gr.State(shown)
 
@@ -277,14 +292,15 @@ def build_settings_tab(ctx: AppContext, app: gr.Blocks) -> None:
             raise gr.Error(str(exc)) from exc
         return report, shown_values(ctx)
 
+    fields = {ui_key(tab, f): f for tab in MODES for f in default_fields(tab)}
+
     def on_load() -> list[Any]:
         now = shown_values(ctx)
         updates: list[Any] = [gr.update(choices=vae_choices(ctx), value=now["sd_vae"])]
-        updates += [now[k] for k in keys if k != "sd_vae"]
+        updates += [field_widgets.widget_value(fields[k], now[k]) if k in fields else now[k] for k in keys[1:]]
         return [now, *updates]
 
     private = {"api_visibility": "private", "queue": False}
     apply.click(on_apply, [baseline, *widgets.values()], [status, baseline], **private)
-    search.input(None, search, None, js=SEARCH_JS, **private)
-    ordered = [widgets["sd_vae"], *(w for k, w in widgets.items() if k != "sd_vae")]
-    app.load(on_load, None, [baseline, *ordered], **private)  # a reload shows changes made elsewhere
+    search.change(None, search, None, js=SEARCH_JS, **private)  # typed, pasted or cleared
+    app.load(on_load, None, [baseline, *widgets.values()], **private)  # a reload shows changes made elsewhere
