@@ -196,6 +196,8 @@ class SettingsStore:
                 named = str(exc) if key in str(exc) else f"{key}: {exc}"
                 problems.append(f"{self.path}: {named}; the default is used")
         apply_settings(engine, good, SETTING_KEYS)
+        with self._lock:  # a skipped value must not linger as the default requests read (clip skip...)
+            self.values = self.snapshot(engine)
         for text in problems:
             log.warning("%s", text)
         self._config.warnings.extend(problems)

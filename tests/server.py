@@ -116,13 +116,13 @@ def running_server(
             stderr=subprocess.STDOUT,
         )
         url = f"{'https' if https_ca else 'http'}://127.0.0.1:{port}"
-        context = ssl.create_default_context(cafile=str(https_ca)) if https_ca else None
         try:
             deadline = time.monotonic() + timeout
             while True:
                 if proc.poll() is not None:
                     raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                try:
+                try:  # the CA file may be one the server makes as it starts (--tls-self-signed)
+                    context = ssl.create_default_context(cafile=str(https_ca)) if https_ca else None
                     with urllib.request.urlopen(url + "/", timeout=2, context=context):
                         break
                 except OSError:

@@ -92,6 +92,7 @@ def test_bad_values_in_the_file_are_skipped_with_a_warning(engine: Engine, tmp_p
     assert engine.settings.samples_format == "jpg" and engine.settings.jpeg_quality == 80  # good one in, bad out
     assert len(problems) == 3 and any("jpeg_quality" in p for p in problems) and any("sd_vae" in p for p in problems)
     assert problems == store.warnings
+    assert store.values["jpeg_quality"] == 80 and store.values["s_noise"] == 1.0  # what requests fall back on
 
 
 def test_the_checkpoint_is_recorded_in_a1111_title_form(engine: Engine, tmp_path: Path) -> None:
