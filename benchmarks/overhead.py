@@ -1,7 +1,10 @@
-"""Engine overhead vs a bare diffusers call, scheduler swap cost, and checkpoint switch times.
+"""Easel's own loop vs a bare diffusers pipeline call, sampler set-up cost, and checkpoint switch times.
 
 Prints medians from one run that alternates the engine and the baseline on the same model, seed and settings,
-so machine noise hits both alike. Targets: engine/bare <= 1.02, scheduler swap < 10 ms.
+so machine noise hits both alike: ``Engine.generate`` (own loop, A1111 noise, VAE decode, infotext) against the
+diffusers pipeline of the same modules with its matching scheduler (Euler a: EulerAncestralDiscreteScheduler,
+Euler: EulerDiscreteScheduler, both on A1111's uniform "linspace" timesteps). Targets: engine/bare <= 1.02,
+sampler set-up (schedule + plan) < 10 ms.
 
     python benchmarks/overhead.py                       # tiny SD1 model at 256x256, 20 steps (CPU friendly)
     python benchmarks/overhead.py --size 512 --device cuda --precision fp16 --checkpoint my.safetensors
@@ -26,8 +29,16 @@ from pipelines.models.devices import choose_device, choose_dtype  # noqa: E402
 from pipelines.models.manager import PipelineManager  # noqa: E402
 from pipelines.models.tiny_models import build_tiny_components, save_single_file  # noqa: E402
 from pipelines.requests import GenerationRequest  # noqa: E402
-from pipelines.sampling.samplers import SAMPLERS, build_scheduler  # noqa: E402
-from pipelines.sampling.variations import variation_noise  # noqa: E402
+from pipelines.sampling.k_samplers import resolve_sampler  # noqa: E402
+from pipelines.sampling.loop import plan  # noqa: E402
+from pipelines.sampling.rng import ImageRNG  # noqa: E402
+from pipelines.sampling.samplers import SAMPLERS, SCHEDULE_TYPES  # noqa: E402
+from pipelines.sampling.schedules import ModelSigmas  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from diffusers_baseline import diffusers_pipeline  # noqa: E402
+
+BASELINE_SCHEDULERS = {"Euler a": "EulerAncestralDiscreteScheduler", "Euler": "EulerDiscreteScheduler"}
 
 
 def timed(fn) -> float:
@@ -46,7 +57,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sampler", default="Euler a")
+    parser.add_argument("--sampler", default="Euler a", choices=sorted(BASELINE_SCHEDULERS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--preview-every", type=int, default=EngineSettings().preview_every)
@@ -83,11 +94,16 @@ def main() -> None:
         save=args.save,
     )
 
+    import diffusers
+
+    scheduler_class = getattr(diffusers, BASELINE_SCHEDULERS[args.sampler])
+    config = {**active.model.scheduler_config, "timestep_spacing": "linspace"}
+    pipe = diffusers_pipeline(active, "txt2img", scheduler_class.from_config(config))
+    pipe.set_progress_bar_config(disable=True)
+
     def bare() -> None:
-        scheduler = build_scheduler(active.model.scheduler_config, args.sampler)
-        pipe = manager.pipeline("txt2img", scheduler, active)
-        pipe.set_progress_bar_config(disable=True)
-        latents = variation_noise([seed], (4, args.size // 8, args.size // 8)).to(device, dtype)
+        pipe.scheduler = scheduler_class.from_config(config)  # a fresh one per call, as the engine plans per call
+        latents = ImageRNG((4, args.size // 8, args.size // 8), [seed], source="CPU").first().to(device, dtype)
         pipe(
             prompt=prompt,
             negative_prompt=negative,
@@ -119,16 +135,17 @@ def main() -> None:
         f"(target <= 1.02){'  [engine saved PNGs]' if args.save else ''}"
     )
 
-    for sampler in SAMPLERS:  # first use imports each scheduler module: not a swap cost
-        build_scheduler(active.model.scheduler_config, sampler, "Automatic")
-    swaps = []
-    for _ in range(20):
-        for sampler in SAMPLERS:
-            swaps.append(timed(lambda s=sampler: build_scheduler(active.model.scheduler_config, s, "Automatic")))
+    def set_up(sampler: str, schedule: str) -> None:
+        sigmas = ModelSigmas.from_scheduler_config(active.model.scheduler_config, is_sdxl=active.model.is_sdxl)
+        plan(resolve_sampler(sampler), schedule, args.steps, sigmas)
+
+    for sampler in SAMPLERS:  # the first Beta schedule imports scipy: not a per-request cost
+        set_up(sampler, "Beta")
+    swaps = [timed(lambda a=a, b=b: set_up(a, b)) for _ in range(3) for a in SAMPLERS for b in SCHEDULE_TYPES]
     p95 = sorted(swaps)[int(len(swaps) * 0.95)]
     print(
-        f"scheduler swap median {statistics.median(swaps) * 1000:.2f} ms, p95 {p95 * 1000:.2f} ms "
-        f"over {len(swaps)} builds (target < 10 ms)"
+        f"sampler set-up (model sigmas + schedule + plan) median {statistics.median(swaps) * 1000:.2f} ms, "
+        f"p95 {p95 * 1000:.2f} ms over {len(swaps)} sampler x schedule pairs (target < 10 ms)"
     )
 
     manager.unload_all()

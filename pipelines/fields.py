@@ -323,6 +323,17 @@ def _denoising_written(request: Any) -> bool:
     return request.mode != "txt2img" or _hires(request)
 
 
+def _rng(text: str) -> str:
+    from pipelines.sampling.rng import parse_source
+
+    return parse_source(text)
+
+
+def _refiner_name(text: str) -> str:
+    """``name [hash]`` -> ``name``: what the checkpoint finder looks up."""
+    return text.rsplit(" [", 1)[0].strip() if text.rstrip().endswith("]") else text.strip()
+
+
 def _slider(label: str, elem: str, low: float, high: float, step: float) -> Widget:
     return Widget("slider", label, elem, low, high, step)
 
@@ -730,6 +741,54 @@ FIELDS = FieldRegistry(
             group="hires",
             infotext=Infotext("Hires negative prompt", _differs("hr_negative_prompt", "negative_prompt"), str),
             widget=Widget("textbox", "Hires negative prompt (empty: same)", "hr_neg_prompt", lines=2),
+        ),
+        # sampler settings a request may override (None: the server's setting); A1111's API names
+        *(
+            RequestField(
+                name,
+                float,
+                None,
+                api=name,
+                bounds=bounds,
+                label=label,
+                infotext=Infotext(key, None, float),
+            )
+            for name, key, label, bounds in (
+                ("eta", "Eta", "Eta", (0.0, 1.0)),
+                ("s_churn", "Sigma churn", "Sigma churn", (0.0, 100.0)),
+                ("s_tmin", "Sigma tmin", "Sigma tmin", (0.0, 10.0)),
+                ("s_tmax", "Sigma tmax", "Sigma tmax", (0.0, 999.0)),
+                ("s_noise", "Sigma noise", "Sigma noise", (0.0, 1.1)),
+            )
+        ),
+        # A1111 takes these as override_settings (randn_source, eta_noise_seed_delta); None: the server's setting
+        RequestField(
+            "rng_source", str, None, label="Random number generator source", infotext=Infotext("RNG", None, _rng)
+        ),
+        RequestField(
+            "eta_noise_seed_delta",
+            int,
+            None,
+            label="Eta noise seed delta",
+            bounds=(0, 2**32 - 1),
+            infotext=Infotext("ENSD", None, whole_number),
+        ),
+        # A1111 1.6's refiner: another checkpoint takes over at a fraction of the steps
+        RequestField(
+            "refiner_checkpoint",
+            str,
+            None,
+            api="refiner_checkpoint",
+            infotext=Infotext("Refiner", None, _refiner_name),  # the engine writes both: it knows the title
+        ),
+        RequestField(
+            "refiner_switch_at",
+            float,
+            0.8,
+            api="refiner_switch_at",
+            bounds=(0.01, 1.0),
+            label="Refiner switch at",
+            infotext=Infotext("Refiner switch at", None, float),
         ),
     ]
 )

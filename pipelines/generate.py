@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from pipelines.conditioning.encoder import PromptEncoder
-from pipelines.conditioning.scheduled import ScheduledConditioning, encode_conditioning
+from pipelines.conditioning.scheduled import ScheduledConditioning, encode_conditioning, sdxl_time_ids
 from pipelines.conditioning.styles import StyleLibrary, StylesFileError
 from pipelines.errors import EaselError
 from pipelines.fields import FIELDS
-from pipelines.imaging.inpaint import (
-    InpaintPlan,
-    finish_inpaint,
-    prepare_img2img,
-    prepare_inpaint,
-)
+from pipelines.imaging.inpaint import InpaintPlan, finish_inpaint, prepare_img2img, prepare_inpaint
 from pipelines.imaging.latents import decode_latents
-from pipelines.imaging.masks import latent_fill, latent_mask_from_pixel_mask
 from pipelines.metadata.filenames import SaveOptions, filename_tags
 from pipelines.metadata.infotext import format_infotext
 from pipelines.metadata.outputs import save_image
@@ -33,10 +27,15 @@ from pipelines.networks.library import NetworkFolders, NetworkLibrary, NetworkUs
 from pipelines.requests import MODE_FOLDERS, GenerationRequest, GenerationResult
 from pipelines.runtime.jobs import Job
 from pipelines.runtime.queue import GenerationQueue
-from pipelines.sampling.hires import hires_sampled_steps, hires_steps, second_pass_inputs
-from pipelines.sampling.samplers import build_scheduler
-from pipelines.sampling.strength import effective_strength, img2img_steps
-from pipelines.sampling.variations import image_subseeds, variation_noise
+from pipelines.sampling.denoiser import ModelSwitch, SamplingHooks, SamplingState, UNetDenoiser
+from pipelines.sampling.hires import hires_steps, request_hires_size, second_pass_inputs
+from pipelines.sampling.k_samplers import SamplerOptions, resolve_sampler
+from pipelines.sampling.loop import plan as plan_run
+from pipelines.sampling.loop import sample
+from pipelines.sampling.passes import DenoisePass, img2img_pass, inpaint_pass, txt2img_pass
+from pipelines.sampling.rng import ImageRNG, rng_infotext
+from pipelines.sampling.schedules import ModelSigmas
+from pipelines.sampling.variations import image_subseeds
 
 log = logging.getLogger(__name__)
 VERSION = "easel-0.1"
@@ -76,16 +75,23 @@ def encoder_kind(family: str) -> str:
     return "sdxl" if family.startswith("sdxl") else family[:3]
 
 
+def _check_refiner(base: ActiveModel, refiner: ActiveModel) -> None:
+    """A refiner continues the base's latents: it must share their latent space (SD 1/2, or SDXL) and UNet input."""
+    if base.model.is_sdxl != refiner.model.is_sdxl:
+        kind = "an SDXL" if base.model.is_sdxl else "an SD 1.x/2.x"
+        raise EaselError(
+            f"The refiner {refiner.info.name} cannot continue {kind} checkpoint's latents: choose a refiner of the "
+            "same family (SDXL base -> SDXL refiner, SD 1.5 -> SD 1.5)."
+        )
+    if refiner.is_inpaint and not base.is_inpaint:
+        raise EaselError(f"The refiner {refiner.info.name} is an inpainting checkpoint; the base is not.")
+
+
 def _ignored_fields(request: GenerationRequest) -> list[str]:
     """Say so when a request carries a setting its mode does not use, rather than dropping it silently."""
     if request.mode != "txt2img" and request.subseed_strength > 0:
         return ["Variation seeds apply to txt2img only; this image used its seed alone."]
     return []
-
-
-def _strength(request: GenerationRequest) -> float:
-    """Denoising strength, raised so that at least one step runs (A1111 runs one step at strength 0 too)."""
-    return effective_strength(request.steps, request.denoising_strength)
 
 
 class Engine:
@@ -137,11 +143,15 @@ class Engine:
     def _embeddings(
         self, active: ActiveModel, request: GenerationRequest, hires: bool = False
     ) -> ScheduledConditioning:
-        """Both prompts encoded per step of their [from:to:when] / [a|b] schedules (the hires pass: its own)."""
-        prompt, negative, steps = request.prompt, request.negative_prompt, request.steps
+        """Both prompts encoded per model call of their [from:to:when] / [a|b] schedules (the hires pass: its own).
+
+        A1111 counts prompt-editing steps in model calls: twice the steps for second-order samplers.
+        """
+        prompt, negative, steps, sampler = request.prompt, request.negative_prompt, request.steps, request.sampler
         if hires:
             prompt, negative = request.hr_prompt or prompt, request.hr_negative_prompt or negative
-            steps = hires_steps(request)
+            steps, sampler = hires_steps(request), request.hr_sampler_name or sampler
+        steps *= 2 if resolve_sampler(sampler).second_order else 1
         return encode_conditioning(
             self.prompt_encoder(active),
             prompt,
@@ -212,14 +222,21 @@ class Engine:
         """The job's turn on the device: with no checkpoint named, whatever is active now (as A1111)."""
         target = self._target_checkpoint(request)
         self.manager.prepare(target)  # slow disk load happens outside the device lock
+        if request.refiner_checkpoint:
+            self.manager.prepare(request.refiner_checkpoint)
         with self.manager.device_lock:
             job.set_status("running")
             previous = self.manager.active.info.name if self.manager.active else None
             try:
                 active = self.manager.activate(target)
                 device, dtype = self.manager.device, self.manager.dtype
-                with self.networks.applied(active, request, device, dtype) as worn:
-                    result = self._run(request, active, job, worn)
+                with ExitStack() as stack:
+                    refiner = None
+                    if request.refiner_checkpoint:
+                        refiner = stack.enter_context(self.manager.borrowed(request.refiner_checkpoint))
+                        _check_refiner(active, refiner)
+                    worn = stack.enter_context(self.networks.applied(active, request, device, dtype))
+                    result = self._run(request, active, job, worn, refiner)
             except BaseException:
                 job.set_status("failed")
                 raise
@@ -230,28 +247,41 @@ class Engine:
             return result
 
     def _run(
-        self, request: GenerationRequest, active: ActiveModel, job: Job, worn: NetworkUse | None = None
+        self,
+        request: GenerationRequest,
+        active: ActiveModel,
+        job: Job,
+        worn: NetworkUse | None = None,
+        refiner: ActiveModel | None = None,
     ) -> GenerationResult:
         worn = NetworkUse() if worn is None else worn
         embeds = self._embeddings(active, request)
         self.networks.embedding_notes(self.prompt_encoder(active), request, worn)
         plan = prepare_inpaint(request) if request.mode == "inpaint" else None
         init = prepare_img2img(request) if request.mode == "img2img" else None
-        extra = worn.infotext
+        extra = {**worn.infotext, **self._sampling_infotext(request)}
+        if refiner is not None:  # A1111's keys, with the refiner's short title
+            title = f"{refiner.info.model_name} [{refiner.hash}]" if refiner.hash else refiner.info.model_name
+            extra.update({"Refiner": title, "Refiner switch at": request.refiner_switch_at})
+        hires = request.mode == "txt2img" and request.enable_hr
         images: list[Image.Image] = []
         seeds: list[int] = []
         infotexts: list[str] = []
         paths: list[Path] = []
         when = datetime.now()
-        steps_per_batch = self._sampled_steps(request)
+        steps_per_batch = self._sampled_steps(request, active)
         job.plan(request.batch_count, steps_per_batch * request.batch_count)
         for batch in range(request.batch_count):
             if job.interrupted:
                 break
             job.start_batch(batch, batch * steps_per_batch)
             batch_seeds = [request.seed + batch * request.batch_size + i for i in range(request.batch_size)]
-            inputs = self._mode_inputs(request, active, batch_seeds, plan, init)
-            batch_images = self._sample(request, active, embeds, batch_seeds, job, dict(inputs))
+            # A1111's "Hires fix: which pass the refiner runs on" defaults to the second pass
+            first_refiner = None if hires else refiner
+            latents = self._first_pass(request, active, embeds, batch_seeds, job, plan, init, first_refiner)
+            if hires and not job.interrupted:
+                latents = self._hires_pass(request, active, batch_seeds, job, latents, refiner)
+            batch_images = decode_latents(active.model.vae, latents)
             if plan is not None:
                 batch_images = [finish_inpaint(plan, image) for image in batch_images]
             for image, seed in zip(batch_images, batch_seeds, strict=True):
@@ -284,107 +314,166 @@ class Engine:
             vae_hash=worn.vae_hash,
         )
 
-    @staticmethod
-    def _sampled_steps(request: GenerationRequest) -> int:
-        """Steps the sampler really runs: img2img and inpaint run ``steps * denoising strength`` like A1111."""
-        if request.mode == "txt2img":
-            return request.steps + (hires_sampled_steps(request) if request.enable_hr else 0)
-        return img2img_steps(request.steps, request.denoising_strength)
+    # -- sampling ----------------------------------------------------------------------------------------
+    def _rng_source(self, request: GenerationRequest) -> str:
+        return request.rng_source or self.settings.randn_source
 
-    def _mode_inputs(
-        self,
-        request: GenerationRequest,
-        active: ActiveModel,
-        seeds: list[int],
-        plan: InpaintPlan | None,
-        init: Image.Image | None,
-    ) -> dict[str, Any]:
-        """The pipeline arguments that differ between txt2img, img2img and inpaint."""
-        n = len(seeds)
-        inpaint_model = active.is_inpaint
-        if request.mode == "txt2img":
-            shape = (active.model.vae.config.latent_channels, request.height // 8, request.width // 8)
-            subseeds = image_subseeds(request.seed, request.subseed, seeds)
-            resize_from = (request.seed_resize_from_w, request.seed_resize_from_h)
-            noise = variation_noise(seeds, shape, subseeds, request.subseed_strength, resize_from)
-            latents = noise.to(self.manager.device, self.manager.dtype)
-            size = {"width": request.width, "height": request.height, "latents": latents}
-            if inpaint_model:  # as A1111: a grey picture, all of it masked, full strength
-                grey = Image.new("RGB", (request.width, request.height), (127, 127, 127))
-                full = Image.new("L", grey.size, 255)
-                return {**size, "image": [grey] * n, "mask_image": [full] * n, "strength": 1.0, "mode": "inpaint"}
-            return size
-        if request.mode == "img2img":
-            assert init is not None
-            if inpaint_model:  # an inpainting UNet needs a mask: all of the picture
-                full = Image.new("L", init.size, 255)
-                return {
-                    "image": [init] * n,
-                    "mask_image": [full] * n,
-                    "strength": _strength(request),
-                    "width": init.width,
-                    "height": init.height,
-                    "mode": "inpaint",
-                }
-            return {"image": [init] * n, "strength": _strength(request)}
-        assert plan is not None
-        inputs: dict[str, Any] = {
-            "image": [plan.image] * n,
-            "mask_image": [plan.mask] * n,
-            "strength": _strength(request),
-            "width": plan.image.width,
-            "height": plan.image.height,
-        }
-        if request.inpainting_fill in (2, 3) and request.denoising_strength < 1:
-            inputs.update(self._latent_fill_inputs(request, active, plan, seeds))
-        return inputs
+    def _sampler_options(self, request: GenerationRequest, sampler: str) -> SamplerOptions:
+        """A1111's sampler settings, each overridable per request (its API's eta, s_churn, s_tmin, ...)."""
+        spec = resolve_sampler(sampler)
+        settings = self.settings
+        eta = request.eta
+        if eta is None:
+            eta = settings.eta_ddim if spec.kind == "timesteps" else settings.eta_ancestral
+        s_tmax = request.s_tmax if request.s_tmax is not None else settings.s_tmax
+        return SamplerOptions(
+            eta=eta,
+            s_churn=request.s_churn if request.s_churn is not None else settings.s_churn,
+            s_tmin=request.s_tmin if request.s_tmin is not None else settings.s_tmin,
+            s_tmax=s_tmax if s_tmax else float("inf"),
+            s_noise=request.s_noise if request.s_noise is not None else settings.s_noise,
+        )
 
-    def _latent_fill_inputs(
-        self, request: GenerationRequest, active: ActiveModel, plan: InpaintPlan, seeds: list[int]
-    ) -> dict[str, Any]:
-        """A1111's "latent noise" / "latent nothing": the masked part of the init latents replaced before noising."""
-        vae = active.model.vae
-        device, dtype = self.manager.device, vae.dtype
-        pixels = torch.from_numpy(np.asarray(plan.image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-        keep = torch.from_numpy(np.asarray(plan.mask) < 128)[None, None]
-        with torch.no_grad():
-            image_latents = vae.encode(pixels.to(device, dtype)).latent_dist.mode() * vae.config.scaling_factor
-            masked = vae.encode((pixels * keep).to(device, dtype)).latent_dist.mode() * vae.config.scaling_factor
-        latent_mask = latent_mask_from_pixel_mask(plan.mask, image_latents.shape[2], image_latents.shape[3])
-        filled = [
-            latent_fill(
-                image_latents.cpu(), latent_mask, request.inpainting_fill, torch.Generator("cpu").manual_seed(seed)
-            )
-            for seed in seeds
-        ]
-        dtype = self.manager.dtype
-        return {
-            "image": torch.cat(filled).to(device, dtype),
-            "masked_image_latents": masked.repeat(len(seeds), 1, 1, 1).to(device, dtype),
-        }
+    def _eta_noise_seed_delta(self, request: GenerationRequest) -> int:
+        delta = request.eta_noise_seed_delta
+        return self.settings.eta_noise_seed_delta if delta is None else delta
 
-    def _sample(
+    def _sampling_infotext(self, request: GenerationRequest) -> dict[str, object]:
+        """What A1111 writes of its sampler settings: Eta when not the sampler's default, ENSD, RNG, Beta params."""
+        spec = resolve_sampler(request.sampler)
+        params: dict[str, object] = {}
+        options = self._sampler_options(request, request.sampler)
+        if options.eta is not None and options.eta != spec.default_eta:
+            params["Eta"] = options.eta
+        if options.s_churn:
+            params["Sigma churn"] = options.s_churn
+        if options.s_noise != 1.0:
+            params["Sigma noise"] = options.s_noise
+        delta = self._eta_noise_seed_delta(request)
+        if delta and spec.uses_ensd:
+            params["ENSD"] = delta
+        params["RNG"] = rng_infotext(self._rng_source(request), self.manager.device)
+        return params
+
+    def _denoiser(self, active: ActiveModel) -> UNetDenoiser:
+        config = active.model.scheduler_config
+        sigmas = ModelSigmas.from_scheduler_config(config, is_sdxl=active.model.is_sdxl)
+        return UNetDenoiser(active.model.unet, sigmas, config.get("prediction_type") or "epsilon")
+
+    def _pass_steps(self, active: ActiveModel, run: DenoisePass) -> int:
+        """Steps the sampler reports for one pass (what progress counts)."""
+        spec = resolve_sampler(run.sampler)
+        total, start = run.schedule_steps()
+        sigmas = ModelSigmas.from_scheduler_config(active.model.scheduler_config, is_sdxl=active.model.is_sdxl)
+        return plan_run(spec, run.schedule, total, sigmas.lcm() if spec.lcm else sigmas, start, run.img2img).total_steps
+
+    def _sampled_steps(self, request: GenerationRequest, active: ActiveModel) -> int:
+        """Steps one batch runs: the first pass (img2img runs about ``steps * strength``) plus the hires pass."""
+        shape = (4, 8, 8)
+        first = DenoisePass(request.sampler, request.schedule_type, request.steps, shape)
+        if request.mode != "txt2img":
+            first = replace(first, init_latents=torch.zeros(1, *shape), strength=request.denoising_strength)
+        steps = self._pass_steps(active, first)
+        if request.mode == "txt2img" and request.enable_hr:
+            steps += hires_steps(request)
+        return steps
+
+    def _time_ids(
+        self, active: ActiveModel, width: int, height: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """SDXL's size conditioning for the cond and uncond halves (the refiner's carries aesthetic scores)."""
+        if not active.model.is_sdxl:
+            return None, None
+        if active.family == "sdxl_refiner":
+            return sdxl_time_ids(width, height, 6.0), sdxl_time_ids(width, height, 2.5)
+        ids = sdxl_time_ids(width, height)
+        return ids, ids
+
+    def _first_pass(
         self,
         request: GenerationRequest,
         active: ActiveModel,
         embeds: ScheduledConditioning,
         seeds: list[int],
         job: Job,
-        inputs: dict[str, Any],
-    ) -> list[Image.Image]:
-        """One batch: the pipeline call, then the hires fix's second pass when asked; decoded images."""
-        latents = self._denoise(request, active, embeds, seeds, job, inputs)
-        if request.mode == "txt2img" and request.enable_hr and not job.interrupted:
-            hires_inputs = second_pass_inputs(request, active, latents, lambda x: decode_latents(active.model.vae, x))
-            hires = replace(
-                request,
-                sampler=request.hr_sampler_name or request.sampler,
-                schedule_type=request.hr_scheduler or request.schedule_type,
-                steps=hires_steps(request),
-            )
-            embeds = self._embeddings(active, request, hires=True)
-            latents = self._denoise(hires, active, embeds, seeds, job, hires_inputs)
-        return decode_latents(active.model.vae, latents)
+        plan: InpaintPlan | None,
+        init: Image.Image | None,
+        refiner: ActiveModel | None = None,
+    ) -> torch.Tensor:
+        """txt2img, img2img or inpaint for one batch: the loop's final latents."""
+        vae, inpaint_model, n = active.model.vae, active.is_inpaint, len(seeds)
+        if request.mode == "txt2img":
+            run = txt2img_pass(request, vae, inpaint_model, n)
+        elif request.mode == "img2img":
+            assert init is not None
+            run = img2img_pass(request, vae, inpaint_model, [init], request.denoising_strength)
+            run = replace(run, init_latents=run.init_latents.repeat(n, 1, 1, 1))  # type: ignore[union-attr]
+        else:
+            assert plan is not None
+            fill = None
+            if request.inpainting_fill == 2:  # A1111 fills with each seed's own first noise draw
+                h, w = plan.image.height // 8, plan.image.width // 8
+                fill = ImageRNG((vae.config.latent_channels, h, w), seeds, **self._rng_kwargs(request)).first()
+            run = inpaint_pass(request, vae, inpaint_model, plan.image, plan.mask, n, fill)
+        subseeds = image_subseeds(request.seed, request.subseed, seeds) if request.mode == "txt2img" else None
+        rng = ImageRNG(
+            run.shape,
+            seeds,
+            subseeds=subseeds,
+            subseed_strength=request.subseed_strength if subseeds else 0.0,
+            resize_from=(request.seed_resize_from_w, request.seed_resize_from_h) if subseeds else None,
+            eta_noise_seed_delta=self._eta_noise_seed_delta(request),
+            **self._rng_kwargs(request),
+        )
+        size = (request.width, request.height)
+        return self._denoise(request, active, embeds, seeds, job, run, rng, size, refiner)
+
+    def _rng_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
+        return {"source": self._rng_source(request), "device": self.manager.device}
+
+    def _hires_pass(
+        self,
+        request: GenerationRequest,
+        active: ActiveModel,
+        seeds: list[int],
+        job: Job,
+        latents: torch.Tensor,
+        refiner: ActiveModel | None = None,
+    ) -> torch.Tensor:
+        """The hires fix's second pass: upscale (latents or pixels), then img2img at the big size, as A1111."""
+        vae = active.model.vae
+        inputs = second_pass_inputs(request, active, latents, lambda x: decode_latents(vae, x))
+        sampler = request.hr_sampler_name or request.sampler
+        schedule = request.hr_scheduler or request.schedule_type
+        hr_steps = hires_steps(request)
+        image = inputs["image"]
+        encoded = image if isinstance(image, torch.Tensor) else None
+        pictures = [] if encoded is not None else image
+        run = img2img_pass(
+            request,
+            vae,
+            active.is_inpaint,
+            pictures,
+            request.denoising_strength,
+            steps=hr_steps,
+            fix_steps=True,
+            sampler=sampler,
+            schedule=schedule,
+            init_latents=None if encoded is None else encoded.float(),
+        )
+        hires = replace(request, sampler=sampler, schedule_type=schedule, steps=hr_steps)
+        embeds = self._embeddings(active, request, hires=True)
+        size = request_hires_size(request).target
+        rng = ImageRNG(
+            run.shape,
+            seeds,
+            subseeds=image_subseeds(request.seed, request.subseed, seeds),
+            subseed_strength=request.subseed_strength,
+            resize_from=(request.seed_resize_from_w, request.seed_resize_from_h),
+            eta_noise_seed_delta=self._eta_noise_seed_delta(request),
+            **self._rng_kwargs(request),
+        )
+        return self._denoise(hires, active, embeds, seeds, job, run, rng, size, refiner, hires=True)
 
     def _denoise(
         self,
@@ -393,43 +482,77 @@ class Engine:
         embeds: ScheduledConditioning,
         seeds: list[int],
         job: Job,
-        inputs: dict[str, Any],
+        run: DenoisePass,
+        rng: ImageRNG,
+        size: tuple[int, int],
+        refiner: ActiveModel | None = None,
+        hires: bool = False,
     ) -> torch.Tensor:
-        """One pipeline call for one batch, with progress, preview, interrupt and prompt editing wired in."""
-        scheduler = build_scheduler(
-            active.model.scheduler_config, request.sampler, request.schedule_type, noise_seed=seeds[0]
-        )
-        mode = inputs.pop("mode", request.mode)
-        pipe = self.manager.pipeline(mode, scheduler, active)
-        pipe.set_progress_bar_config(disable=True)
-        n = len(seeds)
-        batch_embeds = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.pipeline_kwargs(0).items()}
-        strength = inputs.get("strength")
-        sampled = request.steps if strength is None else img2img_steps(request.steps, strength)
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        """One run of Easel's loop for one batch, with progress, preview, interrupt/skip and inpaint blending."""
+        device = self.manager.device
+        spec = resolve_sampler(run.sampler)
+        guided = request.cfg_scale != 1  # CFG 1 is the conditional prediction alone: skip the negative half
+        cond_ids, uncond_ids = self._time_ids(active, *size)
+        conditioning = embeds.conditioning_at(len(seeds), guided, cond_ids, uncond_ids)
         first_step = job.step
         every = self.settings.preview_every
         sdxl = active.model.is_sdxl
 
-        def on_step_end(pipeline: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            done = first_step + i + 1
+        def after_step(state: SamplingState) -> None:
+            done = first_step + state.step + 1
             job.advance(done)
-            if every and (i + 1) % every == 0 and "latents" in kwargs:
-                job.offer_latents(kwargs["latents"], done, sdxl)
+            if every and (state.step + 1) % every == 0 and state.denoised is not None:
+                job.offer_latents(state.denoised, done, sdxl)
             if job.interrupted or job.take_skip():
-                pipeline._interrupt = True
-            kwargs.update(embeds.swap_after(pipeline, i, sampled, n))
-            return kwargs
+                state.stop = True
 
+        hooks = SamplingHooks(after_step=[after_step])
+        if run.keep is not None:
+            hooks.after_guidance.append(run.blend)
+        total, start = run.schedule_steps()
+        init = None if run.init_latents is None else run.init_latents.to(device, torch.float32)
+        image_conditioning = None if run.image_conditioning is None else run.image_conditioning.to(device)
         with torch.no_grad():
-            output = pipe(
-                **batch_embeds,
-                **inputs,
-                num_inference_steps=request.steps,
-                guidance_scale=request.cfg_scale,
-                generator=generators,
-                output_type="latent",
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents", *embeds.callback_tensor_inputs()],
+            latents = sample(
+                self._denoiser(active),
+                spec.label,
+                run.schedule,
+                total,
+                rng.first().to(device, torch.float32),
+                conditioning,
+                request.cfg_scale,
+                lambda _sigma, _sigma_next: rng.next().to(device, torch.float32),
+                hooks,
+                start,
+                init_latents=init,
+                image_conditioning=image_conditioning,
+                options=self._sampler_options(request, run.sampler),
+                brownian_seeds=seeds if spec.brownian else None,
+                beta=(self.settings.beta_dist_alpha, self.settings.beta_dist_beta),
+                switch=self._refiner_switch(request, refiner, run, size, len(seeds), guided, hires),
             )
-        return output.images
+        return run.blend(latents)
+
+    def _refiner_switch(
+        self,
+        request: GenerationRequest,
+        refiner: ActiveModel | None,
+        run: DenoisePass,
+        size: tuple[int, int],
+        batch: int,
+        guided: bool,
+        hires: bool,
+    ) -> ModelSwitch | None:
+        """The refiner's UNet and its own encoding of the prompts, ready to take over mid-run."""
+        if refiner is None:
+            return None
+        embeds = self._embeddings(refiner, request, hires=hires)
+        cond_ids, uncond_ids = self._time_ids(refiner, *size)
+        device = self.manager.device
+        image_conditioning = None if run.image_conditioning is None else run.image_conditioning.to(device)
+        return ModelSwitch(
+            request.refiner_switch_at,
+            self._denoiser(refiner),
+            embeds.conditioning_at(batch, guided, cond_ids, uncond_ids),
+            image_conditioning if refiner.is_inpaint else None,
+        )

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipelines.errors import EaselError
 from pipelines.fields import FIELDS, MAX_SEED, MODES
-from pipelines.sampling.samplers import SCHEDULE_TYPES, split_sampler_name
+from pipelines.sampling.samplers import canonical_schedule_type, split_sampler_name
 
 MODE_FOLDERS = {mode: f"{mode}-images" for mode in MODES}
 
@@ -72,6 +72,17 @@ class GenerationRequest:
     # styles.csv names applied to the prompts, and a VAE from models/VAE (None or "Automatic": the checkpoint's)
     styles: tuple[str, ...] = ()
     vae: str | None = None
+    # sampler settings (None: the server's settings), as A1111's API and override_settings name them
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    rng_source: str | None = None  # "GPU" / "CPU" / "NV"
+    eta_noise_seed_delta: int | None = None
+    # A1111's refiner: this checkpoint takes over once refiner_switch_at of the denoising is done
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = 0.8
     extra_params: dict[str, object] = field(default_factory=dict)
 
     def validated(self) -> GenerationRequest:
@@ -79,10 +90,16 @@ class GenerationRequest:
         if self.mode not in MODES:
             raise EaselError(f"unknown mode '{self.mode}' (use {', '.join(MODES)})")
         sampler, schedule = split_sampler_name(self.sampler)
-        schedule_type = schedule or self.schedule_type or "Automatic"
-        match = next((s for s in SCHEDULE_TYPES if s.lower() == schedule_type.lower()), None)
-        if match is None:
-            raise EaselError(f"unknown schedule type '{schedule_type}'; use one of {', '.join(SCHEDULE_TYPES)}")
+        if (
+            schedule
+            and self.schedule_type
+            and canonical_schedule_type(self.schedule_type) not in ("Automatic", schedule)
+        ):
+            raise EaselError(
+                f"Sampler {self.sampler!r} already names the {schedule} schedule, which conflicts with schedule type "
+                f"{self.schedule_type}. Pick the sampler {sampler!r} and one schedule type."
+            )
+        match = schedule or canonical_schedule_type(self.schedule_type)
         self._check("steps", "cfg_scale", "width", "height", "batch_count", "batch_size", "clip_skip")
         seed = _whole_number("Seed", self.seed)
         if seed == -1:
@@ -100,7 +117,8 @@ class GenerationRequest:
         if subseed == -1:
             subseed = random.randint(0, MAX_SEED)
         FIELDS["subseed"].check(subseed)
-        self._check("subseed_strength")
+        self._check("subseed_strength", "refiner_switch_at")
+        sampling = self._sampling_overrides()
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
             if getattr(self, name) > 0:  # 0 or -1: off; the old size's noise is drawn in full, hence the bound
                 self._check(name)
@@ -119,7 +137,30 @@ class GenerationRequest:
             batch_count=int(self.batch_count),
             batch_size=int(self.batch_size),
             clip_skip=int(self.clip_skip),
+            **sampling,
         )
+
+    def _sampling_overrides(self) -> dict[str, object]:
+        """The sampler settings a request overrides, checked; the RNG source by its canonical name."""
+        from pipelines.sampling.rng import SOURCES, parse_source
+
+        changes: dict[str, object] = {}
+        for name in ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta_noise_seed_delta"):
+            value = getattr(self, name)
+            if value is not None:
+                value = FIELDS[name].coerce(value)
+                FIELDS[name].check(value)
+                changes[name] = value
+        if self.rng_source is not None:
+            try:
+                changes["rng_source"] = parse_source(self.rng_source)
+            except ValueError:
+                raise EaselError(
+                    f"unknown random number generator source '{self.rng_source}' (use {', '.join(SOURCES)})"
+                ) from None
+        if self.refiner_checkpoint is not None and str(self.refiner_checkpoint).strip().lower() in ("", "none"):
+            changes["refiner_checkpoint"] = None  # A1111's UI and clients send "None" for no refiner
+        return changes
 
     def _check(self, *names: str) -> None:
         """Each field's declared bounds (pipelines.fields), with the message a user can act on."""
@@ -151,10 +192,7 @@ def _checked_hires(request: GenerationRequest) -> dict[str, object]:
         changes["hr_sampler_name"] = None
     scheduler = changes.get("hr_scheduler", request.hr_scheduler)
     if scheduler and scheduler != "Use same scheduler":
-        match = next((s for s in SCHEDULE_TYPES if s.lower() == str(scheduler).lower()), None)
-        if match is None:
-            raise EaselError(f"unknown hires schedule type '{scheduler}'; use one of {', '.join(SCHEDULE_TYPES)}")
-        changes["hr_scheduler"] = match
+        changes["hr_scheduler"] = canonical_schedule_type(str(scheduler))
     else:
         changes["hr_scheduler"] = None
     check_hires(replace(request, **changes))

@@ -284,16 +284,14 @@ def test_conditioning_swaps_only_where_the_text_changes(net_engine: Engine) -> N
     cond = encode_conditioning(encoder, "a [cat:dog:2]", "", 4, 1, torch.device("cpu"), torch.float32, False)
     assert cond.cond_at == [0, 0, 0, 1] and not cond.is_static
 
-    class Pipe:
-        num_timesteps = 4
-        do_classifier_free_guidance = True
-
-    assert cond.swap_after(Pipe(), 0, 4, 2) == {}
-    swapped = cond.swap_after(Pipe(), 2, 4, 2)["prompt_embeds"]
-    assert swapped.shape[0] == 4  # [negative x2, positive x2]
-    torch.testing.assert_close(swapped[2], cond.cond[1].embeds[0])
+    at = cond.conditioning_at(batch=2)
+    assert at(0) is at(1) is at(2)  # the same object while the text stays: the loop batches it once
+    assert at(3) is not at(2) and at(3) is at(9)  # past the schedule's end (DPM adaptive): the last
+    assert at(0).cond.shape[0] == 2 and at(0).uncond is not None
+    torch.testing.assert_close(at(3).cond[1], cond.cond[1].embeds[0])
+    assert cond.conditioning_at(batch=1, guided=False)(0).uncond is None  # CFG 1: no negative half
     static = encode_conditioning(encoder, "a cat", "x", 4, 1, torch.device("cpu"), torch.float32, False)
-    assert static.is_static and static.callback_tensor_inputs() == []
+    assert static.is_static
 
 
 # -- hires fix ----------------------------------------------------------------------------------------------------

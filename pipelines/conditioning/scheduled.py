@@ -1,23 +1,22 @@
-"""Prompt embeddings per sampling step: ``[from:to:when]`` editing and ``[a|b]`` alternation in the engine.
+"""Prompt embeddings per model call: ``[from:to:when]`` editing and ``[a|b]`` alternation, as the loop asks for them.
 
 Each distinct text of the prompt's (and the negative prompt's) schedule is encoded once; all are padded to one
-length so they can replace each other. The engine passes step 0's embeddings to the pipeline and, from diffusers'
-``callback_on_step_end``, swaps in the next step's ones where they change. With classifier-free guidance diffusers
-has already concatenated ``[negative, positive]`` into ``prompt_embeds`` (and, for SDXL, ``add_text_embeds``)
-before its loop, and uses whatever tensor the callback returns from the next step on, so the swap returns the
-concatenated form too.
+length so they can replace each other. The schedule is built over the sampler's model calls (A1111 builds it over
+``steps * 2`` for second-order samplers and indexes it by its denoiser's call counter); ``conditioning_at`` turns it
+into the loop's ``ConditioningAt``: the same ``Conditioning`` object while the texts do not change, so the denoiser
+batches ``[cond, uncond]`` once per change, not once per call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from pipelines.conditioning.encoder import PromptEmbeds, PromptEncoder, pad_to_same_length
 from pipelines.conditioning.prompt_schedules import conditioning_schedule
 from pipelines.conditioning.syntax import extract_network_tags
+from pipelines.sampling.denoiser import Conditioning, ConditioningAt
 
 
 @dataclass
@@ -40,53 +39,55 @@ class ScheduledConditioning:
     def steps(self) -> int:
         return len(self.cond_at)
 
-    def _indices(self, step: int) -> tuple[int, int]:
+    def _indices(self, step: int) -> tuple[int, int]:  # past the end: the last (DPM adaptive may call more)
         step = min(max(step, 0), self.steps - 1)
         return self.cond_at[step], self.uncond_at[step]
 
-    def pipeline_kwargs(self, step: int = 0) -> dict[str, torch.Tensor]:
-        """Embedding arguments of a diffusers pipeline call (batch of one) for ``step``."""
-        c, u = self._indices(step)
-        out = {
-            "prompt_embeds": self.cond[c].embeds.to(self.device, self.dtype),
-            "negative_prompt_embeds": self.uncond[u].embeds.to(self.device, self.dtype),
-        }
-        if self.sdxl:
-            out["pooled_prompt_embeds"] = _pooled(self.cond[c]).to(self.device, self.dtype)
-            out["negative_pooled_prompt_embeds"] = _pooled(self.uncond[u]).to(self.device, self.dtype)
-        return out
+    def conditioning_at(
+        self,
+        batch: int,
+        guided: bool = True,
+        cond_time_ids: torch.Tensor | None = None,
+        uncond_time_ids: torch.Tensor | None = None,
+    ) -> ConditioningAt:
+        """Model call k -> the batch's ``Conditioning``; ``guided`` False leaves the negative prompt out (CFG 1).
 
-    def callback_tensor_inputs(self) -> list[str]:
-        """What the step callback must receive to swap conditioning (nothing when the prompt has no schedule)."""
-        if self.is_static:
-            return []
-        return ["prompt_embeds", "add_text_embeds"] if self.sdxl else ["prompt_embeds"]
-
-    def swap_after(self, pipeline: Any, index: int, sampled_steps: int, batch: int) -> dict[str, torch.Tensor]:
-        """Tensors to return from the callback after pipeline step ``index`` so the next step uses its prompt.
-
-        ``index`` counts the pipeline's timesteps; samplers that evaluate twice per step (Heun, DPM2) have about
-        twice as many, so the sampler step is found by proportion.
+        SDXL's added conditioning is the pooled embedding and ``*_time_ids`` (``[6]``, or ``[5]`` for the refiner).
         """
-        if self.is_static:
-            return {}
-        total = int(getattr(pipeline, "num_timesteps", 0) or sampled_steps)
-        now = (index * sampled_steps) // total
-        following = ((index + 1) * sampled_steps) // total
-        if self._indices(now) == self._indices(following):
-            return {}
-        kwargs = self.pipeline_kwargs(following)
-        guided = bool(getattr(pipeline, "do_classifier_free_guidance", True))
+        cache: dict[tuple[int, int], Conditioning] = {}
 
-        def stack(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-            positive = positive.repeat(batch, *([1] * (positive.dim() - 1)))
-            negative = negative.repeat(batch, *([1] * (negative.dim() - 1)))
-            return torch.cat([negative, positive]) if guided else positive
+        def repeat(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, self.dtype).repeat(batch, *([1] * (t.dim() - 1)))
 
-        out = {"prompt_embeds": stack(kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"])}
-        if self.sdxl:
-            out["add_text_embeds"] = stack(kwargs["pooled_prompt_embeds"], kwargs["negative_pooled_prompt_embeds"])
-        return out
+        def added(embeds: PromptEmbeds, time_ids: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+            if not self.sdxl:
+                return None
+            assert time_ids is not None, "SDXL needs its size conditioning"
+            return {"text_embeds": repeat(_pooled(embeds)), "time_ids": repeat(time_ids[None])}
+
+        def at(call: int) -> Conditioning:
+            key = self._indices(call)
+            if key not in cache:
+                c, u = key
+                cache[key] = Conditioning(
+                    repeat(self.cond[c].embeds),
+                    repeat(self.uncond[u].embeds) if guided else None,
+                    added(self.cond[c], cond_time_ids),
+                    added(self.uncond[u], uncond_time_ids if uncond_time_ids is not None else cond_time_ids)
+                    if guided
+                    else None,
+                )
+            return cache[key]
+
+        return at
+
+
+def sdxl_time_ids(width: int, height: int, aesthetic_score: float | None = None) -> torch.Tensor:
+    """SDXL's micro-conditioning: original size, crop (0, 0) and target size, as A1111 sends them (both the size
+    of the picture being made); the refiner takes ``(original size, crop, aesthetic score)`` instead."""
+    if aesthetic_score is not None:
+        return torch.tensor([height, width, 0, 0, aesthetic_score], dtype=torch.float32)
+    return torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32)
 
 
 def _pooled(embeds: PromptEmbeds) -> torch.Tensor:

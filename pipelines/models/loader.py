@@ -278,7 +278,19 @@ def load_single_file(path: Path, dtype: torch.dtype = torch.float32, allow_pickl
     if arch.family == "sd2" and "parameterization" not in sidecar and probe_v_prediction(model.unet):
         model.family = "sd2_v"
         model.scheduler_config["prediction_type"] = "v_prediction"
+    mark_v_prediction(model, sd)
     return model
+
+
+def mark_v_prediction(model: LoadedModel, state: Mapping[str, torch.Tensor]) -> None:
+    """SDXL v-prediction checkpoints (NoobAI-XL V-Pred and kin) carry marker keys, read as Forge and ComfyUI do:
+    ``v_pred`` means v-prediction, ``ztsnr`` a zero-terminal-SNR schedule (its last sigma is then very large)."""
+    if not model.is_sdxl:
+        return
+    if "v_pred" in state:
+        model.scheduler_config["prediction_type"] = "v_prediction"
+    if "ztsnr" in state:
+        model.scheduler_config["rescale_betas_zero_snr"] = True
 
 
 def detect_folder_family(folder: Path) -> str:

@@ -1,8 +1,7 @@
 """The one place checkpoints live in memory: the active model on the device, recent ones in a RAM cache.
 
-Every mode (txt2img, img2img, inpaint) is a diffusers pipeline object built per request around the SAME module
-objects, so there is one copy of the weights however many tabs are used. Schedulers are never shared: each
-request gets a fresh one from the model's base config.
+Every mode (txt2img, img2img, inpaint) runs Easel's own denoising loop over the SAME module objects, so there is
+one copy of the weights however many tabs are used.
 """
 
 from __future__ import annotations
@@ -10,23 +9,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import (
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline,
-    StableDiffusionXLPipeline,
-)
 
 from pipelines.errors import EaselError
-from pipelines.fields import MODES
 from pipelines.models.checkpoints import CheckpointInfo, HashCache, find_checkpoint, list_checkpoints
 from pipelines.models.devices import available_ram_bytes, module_bytes
 from pipelines.models.loader import LoadedModel, load_checkpoint
@@ -37,17 +28,6 @@ if TYPE_CHECKING:
     from pipelines.networks.lora import LoraTargets
 
 log = logging.getLogger(__name__)
-
-_SD_CLASSES = {
-    "txt2img": StableDiffusionPipeline,
-    "img2img": StableDiffusionImg2ImgPipeline,
-    "inpaint": StableDiffusionInpaintPipeline,
-}
-_SDXL_CLASSES = {
-    "txt2img": StableDiffusionXLPipeline,
-    "img2img": StableDiffusionXLImg2ImgPipeline,
-    "inpaint": StableDiffusionXLInpaintPipeline,
-}
 
 
 @dataclass
@@ -158,6 +138,24 @@ class PipelineManager:
             self._trim_cache(wanted)
             return wanted
 
+    @contextmanager
+    def borrowed(self, query: str) -> Iterator[ActiveModel]:
+        """A second checkpoint on the device beside the active one for one job (A1111's refiner).
+
+        Loaded into the RAM cache like any other (so the next job borrows it without a disk read), moved to the
+        device for the job and back afterwards; the caller holds the device lock.
+        """
+        model = self.prepare(query)
+        if model is self._active:
+            yield model
+            return
+        with self.device_lock:
+            self._to(model, self.device)
+            try:
+                yield model
+            finally:
+                self._to(model, torch.device("cpu"))
+
     def activate_first(self, names: Sequence[str]) -> tuple[ActiveModel | None, dict[str, str]]:
         """Activate the first of ``names`` that loads; also return the ones that did not, with why.
 
@@ -193,49 +191,3 @@ class PipelineManager:
         with self.device_lock:
             self._cache.clear()
             self._active = None
-
-    # -- pipelines -----------------------------------------------------------------------------------------
-    def pipeline(self, mode: str, scheduler: Any, active: ActiveModel | None = None) -> Any:
-        """A diffusers pipeline for ``mode`` over the active model's shared modules, with its own scheduler."""
-        active = self._active if active is None else active
-        if active is None:
-            raise EaselError("no checkpoint is loaded")
-        if mode not in MODES:
-            raise EaselError(f"unknown mode '{mode}'")
-        m = active.model
-        if m.family == "sdxl_refiner":
-            if mode == "txt2img":
-                raise EaselError("the SDXL refiner only refines images: use it in img2img or inpaint")
-            cls = _SDXL_CLASSES[mode]
-            return cls(
-                vae=m.vae,
-                text_encoder=None,
-                text_encoder_2=m.text_encoders[0],
-                tokenizer=None,
-                tokenizer_2=m.tokenizers[0],
-                unet=m.unet,
-                scheduler=scheduler,
-                requires_aesthetics_score=True,
-                force_zeros_for_empty_prompt=False,
-            )
-        if m.is_sdxl:
-            return _SDXL_CLASSES[mode](
-                vae=m.vae,
-                text_encoder=m.text_encoders[0],
-                text_encoder_2=m.text_encoders[1],
-                tokenizer=m.tokenizers[0],
-                tokenizer_2=m.tokenizers[1],
-                unet=m.unet,
-                scheduler=scheduler,
-                force_zeros_for_empty_prompt=False,
-            )
-        return _SD_CLASSES[mode](
-            vae=m.vae,
-            text_encoder=m.text_encoders[0],
-            tokenizer=m.tokenizers[0],
-            unet=m.unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )

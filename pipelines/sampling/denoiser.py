@@ -115,6 +115,29 @@ class SamplingHooks:
     after_step: list[StateHook] = field(default_factory=list)
 
 
+@dataclass
+class ModelSwitch:
+    """A1111's refiner: another checkpoint takes over once ``at`` of the denoising is done.
+
+    Checked at every model call as A1111 checks it: the noise level's nearest training timestep ``t`` gives
+    ``(999 - t) / 1000`` done; from the first call where that reaches ``at``, ``model`` and ``conditioning`` (its own
+    prompts' encoding) serve every call. The sampler itself goes on undisturbed, with its history.
+    """
+
+    at: float
+    model: UNetDenoiser
+    conditioning: ConditioningAt
+    image_conditioning: torch.Tensor | None = None
+    switched_at_call: int | None = None
+
+    def due(self, current: UNetDenoiser, sigma: torch.Tensor) -> bool:
+        if self.switched_at_call is not None:
+            return False
+        training = current.sigmas.sigmas.to(sigma.device, sigma.dtype)
+        timestep = int(torch.argmin((training - sigma.max()).abs()))
+        return (999 - timestep) / 1000 >= self.at
+
+
 class UNetDenoiser:
     """A diffusers ``UNet2DConditionModel`` seen as a k-diffusion denoiser over the model's training sigmas."""
 
@@ -202,8 +225,10 @@ class GuidedDenoiser:
         hooks: SamplingHooks | None = None,
         conditioning_at: ConditioningAt | None = None,
         cfg_scale_multiplier: float = 1.0,
+        switch: ModelSwitch | None = None,
     ) -> None:
         self.model = model
+        self.switch = switch
         self.state = state
         self.cfg_scale = cfg_scale
         self.hooks = hooks or SamplingHooks()
@@ -259,11 +284,22 @@ class GuidedDenoiser:
         output = self._call(inputs)
         return model.output_to_denoised(x_in, output.to(x_in.dtype), scalings, timestep.to(x_in.dtype))
 
+    def _switch_model(self, switch: ModelSwitch) -> None:
+        """The refiner takes over: its UNet behind the same hooks, its prompts' encoding, its extra channels."""
+        switch.switched_at_call = self.state.model_calls
+        self.model, self.conditioning_at = switch.model, switch.conditioning
+        self.state.image_conditioning = switch.image_conditioning
+        self.state.extra["refiner_switched_at_call"] = self.state.model_calls
+        self._batched_for = None
+        self._call = self._build_call_chain()
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         batch = x.shape[0]
         sigma_t = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         if sigma_t.dim() > 0 and sigma_t.numel() == 1:
             sigma_t = sigma_t.reshape(())
+        if self.switch is not None and self.switch.due(self.model, sigma_t):
+            self._switch_model(self.switch)
         c = self._conditioning()
         if c.uncond is None:
             denoised = self._run(x, sigma_t, c.cond, c.cond_added)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -1108,5 +1109,7 @@ class BrownianTreeNoise:
         # clamp as torchsde would (sigma -> -log -> exp round trips overshoot by an ulp), without its warning
         start, end = self._bounds
         lo, hi = min(max(lo, start), end), min(max(hi, start), end)
-        w = torch.stack([tree(lo, hi) for tree in self.trees]) * (self._sign * sign)
+        with warnings.catch_warnings():  # torchsde compares float32 bounds with float64 times and warns on an ulp
+            warnings.simplefilter("ignore", UserWarning)
+            w = torch.stack([tree(lo, hi) for tree in self.trees]) * (self._sign * sign)
         return w / (t1 - t0).abs().sqrt()

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from pipelines.sampling.denoiser import (
     Conditioning,
     ConditioningAt,
     GuidedDenoiser,
+    ModelSwitch,
     SamplingHooks,
     SamplingState,
     UNetDenoiser,
@@ -96,6 +97,7 @@ def plan(
     start_at_step: int = 0,
     img2img: bool = False,
     rho: float | None = None,
+    beta: tuple[float, float] | None = None,
 ) -> SamplingPlan:
     """The sigmas for ``sampler`` over ``schedule``; ``model`` is already the sampler's (LCM's for LCM)."""
     if steps < 1:
@@ -112,7 +114,7 @@ def plan(
             sigmas = timestep_sigmas(model, walked)
         return SamplingPlan(sampler, None, sigmas, sigmas, {}, init_acp)
     chosen = resolve_schedule(sampler, schedule)
-    full = compute_sigmas(chosen, steps + (1 if sampler.discard_next_to_last_sigma else 0), model, rho)
+    full = compute_sigmas(chosen, steps + (1 if sampler.discard_next_to_last_sigma else 0), model, rho, beta)
     if sampler.discard_next_to_last_sigma:
         full = torch.cat([full[:-2], full[-1:]])
     walked = full[start_at_step:] if img2img else full
@@ -152,6 +154,8 @@ def sample(
     options: SamplerOptions | None = None,
     brownian_seeds: Sequence[int] | None = None,
     rho: float | None = None,
+    beta: tuple[float, float] | None = None,
+    switch: ModelSwitch | None = None,
 ) -> torch.Tensor:
     """Run one batch through ``sampler_name`` over ``schedule`` and return the final latents.
 
@@ -165,7 +169,7 @@ def sample(
     spec = resolve_sampler(sampler_name)
     model = denoiser.for_lcm() if spec.lcm else denoiser
     img2img = init_latents is not None
-    run = plan(spec, schedule, steps, model.sigmas, start_at_step, img2img, rho)
+    run = plan(spec, schedule, steps, model.sigmas, start_at_step, img2img, rho, beta)
     walked = run.sigmas.to(latents_noise.device)
     x = initial_latents(run, latents_noise, init_latents)
     if len(walked) < 2:  # nothing to walk (img2img at strength ~0): the start, in the sampler's output space
@@ -177,7 +181,9 @@ def sample(
     for hook in hooks.before_sampling:
         hook(state)
     x = state.x
-    guided = GuidedDenoiser(model, state, cfg_scale, hooks, conditioning_at, spec.cfg_scale_multiplier)
+    if switch is not None and spec.lcm:
+        switch = replace(switch, model=switch.model.for_lcm())
+    guided = GuidedDenoiser(model, state, cfg_scale, hooks, conditioning_at, spec.cfg_scale_multiplier, switch)
 
     noise = noise_source
     if spec.brownian and brownian_seeds is not None:

@@ -325,8 +325,17 @@ def resolve(label_or_name: str) -> Schedule:
     return found
 
 
-def compute_sigmas(schedule: Schedule | str, n: int, model: ModelSigmas, rho: float | None = None) -> torch.Tensor:
-    """``schedule``'s sigmas for ``n`` steps. "Automatic" must be resolved to the sampler's default first."""
+def compute_sigmas(
+    schedule: Schedule | str,
+    n: int,
+    model: ModelSigmas,
+    rho: float | None = None,
+    beta_params: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """``schedule``'s sigmas for ``n`` steps. "Automatic" must be resolved to the sampler's default first.
+
+    ``beta_params``: the Beta schedule's alpha and beta (A1111's settings ``beta_dist_alpha``/``beta_dist_beta``).
+    """
     spec = resolve(schedule) if isinstance(schedule, str) else schedule
     if spec.function is None:
         raise ValueError("'Automatic' is resolved per sampler; ask the sampler table for its default schedule")
@@ -334,4 +343,6 @@ def compute_sigmas(schedule: Schedule | str, n: int, model: ModelSigmas, rho: fl
         raise EaselError("A schedule needs at least one step.")
     if rho is not None and spec.default_rho != -1.0:
         return spec.function(n, model, rho)  # type: ignore[call-arg]
+    if beta_params is not None and spec.function is beta:
+        return beta(n, model, *beta_params)
     return spec.function(n, model)

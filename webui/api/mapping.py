@@ -42,13 +42,20 @@ def value_or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def schedule_name(label: str) -> str:
-    return label.lower().replace(" ", "_")
-
-
 def checkpoint_title(info: Any, short_hash: str | None) -> str:
     """A1111's checkpoint title: ``name [hash]``, or the name alone while the hash is not known."""
     return f"{info.name} [{short_hash}]" if short_hash else info.name
+
+
+OVERRIDE_FIELDS = {
+    "randn_source": "rng_source",
+    "eta_noise_seed_delta": "eta_noise_seed_delta",
+    "s_churn": "s_churn",
+    "s_tmin": "s_tmin",
+    "s_tmax": "s_tmax",
+    "s_noise": "s_noise",
+}
+"""``override_settings`` keys -> GenerationRequest fields (the payload's own ``eta``, ``s_churn``... come first)."""
 
 
 def _clip_skip(overrides: dict[str, Any], defaults: dict[str, Any]) -> int:
@@ -78,6 +85,9 @@ def _common_kwargs(req: GenerationFields, mode: str, defaults: dict[str, Any]) -
         "save": bool(req.save_images) and not req.do_not_save_samples,
     }
     kwargs.setdefault("sampler", req.sampler_index or "Euler")  # A1111's deprecated name, then its default
+    for key, name in OVERRIDE_FIELDS.items():  # A1111's per-request settings that are request fields here
+        if overrides.get(key) is not None:
+            kwargs.setdefault(name, overrides[key])
     vae = overrides.get("sd_vae")
     if isinstance(vae, str) and vae:
         kwargs["vae"] = vae  # "Automatic" and "None" too: the checkpoint's own VAE, whatever the global choice

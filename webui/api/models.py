@@ -36,16 +36,9 @@ class GenerationFields(A1111Model):
     tiling: bool | None = None
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
-    eta: float | None = None
     s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool | None = True
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
     disable_extra_networks: bool | None = False
     comments: dict[str, Any] | None = None
     sampler_index: str | None = Field(default="Euler", description="deprecated: use sampler_name")

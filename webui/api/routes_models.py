@@ -8,8 +8,10 @@ from fastapi import APIRouter
 
 from pipelines.generate import Engine
 from pipelines.imaging.upscale import UPSCALERS
-from pipelines.sampling.samplers import SAMPLERS, SCHEDULE_TYPES
-from webui.api.mapping import checkpoint_title, schedule_name
+from pipelines.sampling.hires import LATENT_UPSCALERS
+from pipelines.sampling.k_samplers import SAMPLERS
+from pipelines.sampling.schedules import SCHEDULES
+from webui.api.mapping import checkpoint_title
 from webui.api.models import SamplerItem, SchedulerItem, SDModelItem, UpscalerItem
 
 
@@ -44,14 +46,11 @@ def build_models_router(engine: Engine) -> APIRouter:
 
     @router.get("/samplers", response_model=list[SamplerItem])
     def samplers() -> list[dict[str, Any]]:
-        return [{"name": name, "aliases": [], "options": {}} for name in SAMPLERS]
+        return [spec.api_entry() for spec in SAMPLERS]
 
     @router.get("/schedulers", response_model=list[SchedulerItem])
     def schedulers() -> list[dict[str, Any]]:
-        return [
-            {"name": schedule_name(n), "label": n, "aliases": None, "default_rho": -1, "need_inner_model": False}
-            for n in SCHEDULE_TYPES
-        ]
+        return [schedule.api_entry() for schedule in SCHEDULES]
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> list[dict[str, Any]]:
@@ -59,6 +58,6 @@ def build_models_router(engine: Engine) -> APIRouter:
 
     @router.get("/latent-upscale-modes")
     def latent_upscale_modes() -> list[dict[str, str]]:
-        return []
+        return [{"name": name} for name in LATENT_UPSCALERS]
 
     return router
