@@ -36,7 +36,17 @@ def read_options(engine: Engine, store: SettingsStore) -> dict[str, Any]:
     }
 
 
-_DERIVED = frozenset({"sd_checkpoint_hash", "live_previews_enable", "enable_pnginfo", "return_grid"})
+_DERIVED = frozenset(
+    {
+        "sd_checkpoint_hash",
+        "outdir_samples",
+        "outdir_txt2img_samples",
+        "outdir_img2img_samples",
+        "live_previews_enable",
+        "enable_pnginfo",
+        "return_grid",
+    }
+)
 """Keys GET /options answers from the engine's state: a client posting them back changes nothing, keeps nothing."""
 
 
