@@ -36,6 +36,7 @@ from pipelines.sampling.hires import hires_sampled_steps, hires_steps, second_pa
 from pipelines.sampling.samplers import build_scheduler
 from pipelines.sampling.strength import effective_strength, img2img_steps
 from pipelines.sampling.variations import image_subseeds, variation_noise
+from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
 
 log = logging.getLogger(__name__)
 VERSION = "easel-0.1"
@@ -89,6 +90,7 @@ class Engine:
         settings: EngineSettings | None = None,
         queue: GenerationQueue | None = None,
         networks: NetworkLibrary | None = None,
+        upscalers: UpscalerLibrary | None = None,
     ) -> None:
         # ``is None``, never ``or``: an empty GenerationQueue has length 0 and is falsy, and ``queue or ...`` once
         # replaced the caller's (--queue-size) queue with a default one.
@@ -100,6 +102,9 @@ class Engine:
             networks = NetworkLibrary(folders, manager.hashes, manager.allow_pickle)
         self.networks = networks
         self.styles = StyleLibrary(self.networks.folders.styles)
+        if upscalers is None:
+            upscalers = UpscalerLibrary(UpscalerFolders.beside(manager.checkpoints_dir), manager.device, manager.dtype)
+        self.upscalers = upscalers  # model upscalers (Extras, hires fix), run on this engine's device
         self.queue = GenerationQueue() if queue is None else queue  # shared by the UI and the API: one line per device
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -158,7 +163,7 @@ class Engine:
     # -- the one path ------------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Validate, switch model if asked, run every batch, save. Raises EaselError for bad input."""
-        request = request.validated()
+        request = request.validated(self.upscalers.hires_names() if request.enable_hr else None)
         if request.vae is None and self.settings.sd_vae:
             request = replace(request, vae=self.settings.sd_vae)
         request, styles, notes = self._styled(request)
@@ -362,7 +367,13 @@ class Engine:
         """One batch: the pipeline call, then the hires fix's second pass when asked; decoded images."""
         latents = self._denoise(request, active, embeds, seeds, job, inputs)
         if request.mode == "txt2img" and request.enable_hr and not job.interrupted:
-            hires_inputs = second_pass_inputs(request, active, latents, lambda x: decode_latents(active.model.vae, x))
+            hires_inputs = second_pass_inputs(
+                request,
+                active,
+                latents,
+                lambda x: decode_latents(active.model.vae, x),
+                self.upscalers.hires_upscale(job),
+            )
             hires = replace(
                 request,
                 sampler=request.hr_sampler_name or request.sampler,
