@@ -50,7 +50,7 @@ REAL_ESRGAN_NAMES = {
     "realesr-animevideov3": "R-ESRGAN AnimeVideo",
 }
 """Real-ESRGAN's published file stems (lower case) -> the names A1111 lists them by."""
-_SCALE_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(?:x(\d)|(\d)x)(?:[^a-z0-9]|$)", re.IGNORECASE)
+_SCALE_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(?:x(\d)(?!\d)|(\d)x)", re.IGNORECASE)
 
 
 class UpscaleInterrupted(EaselError):
