@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pipelines.errors import EaselError
 from pipelines.networks.vae import find_vae, is_automatic
 from pipelines.sampling.rng import SOURCES, parse_source
+from pipelines.upscalers.library import MAX_TILE
 
 if TYPE_CHECKING:
     from pipelines.generate import Engine
@@ -33,6 +34,8 @@ SAMPLING_BOUNDS: dict[str, tuple[float, float]] = {
     "beta_dist_alpha": (0.01, 1.0),
     "beta_dist_beta": (0.01, 1.0),
 }
+UPSCALER_TILE_SETTINGS = ("ESRGAN_tile", "ESRGAN_tile_overlap")
+"""A1111's names; they live on the engine's upscaler library (tile side and overlap, in source pixels)."""
 SETTING_NAMES = (
     "preview_every",
     "save_outputs",
@@ -41,6 +44,7 @@ SETTING_NAMES = (
     "randn_source",
     "eta_noise_seed_delta",
     *SAMPLING_BOUNDS,
+    *UPSCALER_TILE_SETTINGS,
 )
 
 
@@ -101,6 +105,10 @@ def _checked(engine: Engine, name: str, value: object, label: str) -> object:
         return _whole_number(label, value, 0, 2**32 - 1)
     if name in SAMPLING_BOUNDS:
         return _number(label, value, *SAMPLING_BOUNDS[name])
+    if name == "ESRGAN_tile":
+        return _whole_number(label, value, 0, MAX_TILE)
+    if name == "ESRGAN_tile_overlap":
+        return _whole_number(label, value, 0, MAX_TILE // 2)
     raise EaselError(f"unknown setting '{label}' (settings: {', '.join(SETTING_NAMES)})")
 
 
@@ -120,6 +128,8 @@ def current_settings(engine: Engine) -> dict[str, object]:
         "sd_vae": engine.settings.sd_vae,
         "ram_cache_size": engine.manager.ram_cache_size,
         **{name: getattr(engine.settings, name) for name in ("randn_source", "eta_noise_seed_delta", *SAMPLING_BOUNDS)},
+        "ESRGAN_tile": engine.upscalers.tile,
+        "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
     }
 
 
@@ -128,5 +138,8 @@ def apply_settings(engine: Engine, changes: Mapping[str, object], labels: Mappin
     checked = validated_settings(engine, changes, labels)
     before = current_settings(engine)
     for name, value in checked.items():
+        if name in UPSCALER_TILE_SETTINGS:
+            setattr(engine.upscalers, "tile" if name == "ESRGAN_tile" else "tile_overlap", value)
+            continue
         setattr(engine.manager if name == "ram_cache_size" else engine.settings, name, value)
     return [name for name, value in checked.items() if before[name] != value]

@@ -10,6 +10,7 @@ from pipelines.errors import EaselError
 from webui.context import AppContext
 from webui.image_inputs import wire_send_buttons
 from webui.prompt_tools import wire_prompt_tools
+from webui.tabs.extras import build_extras_tab
 from webui.tabs.img2img import build_img2img_tab
 from webui.tabs.inpaint import build_inpaint_tab
 from webui.tabs.networks import build_vae_picker, wire_vae_picker
@@ -74,11 +75,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 img2img = build_img2img_tab(ctx, checkpoint)
             with gr.Tab("Inpaint", id="inpaint"):
                 inpaint = build_inpaint_tab(ctx, checkpoint)
+            with gr.Tab("Extras", id="extras"):
+                extras = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="png_info"):
                 build_png_info_tab()
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(ctx)
-        wire_send_buttons(tabs, [txt2img_output, img2img.output, inpaint.output], img2img.init_image, inpaint.editor)
+        panels = [txt2img_output, img2img.output, inpaint.output, extras]
+        wire_send_buttons(tabs, panels, img2img.init_image, inpaint.editor)
         wire_vae_picker(app, ctx, vae, refresh)
         wire_prompt_tools(app, ctx, tabs, checkpoint)  # token counters, ↙ read parameters, PNG Info "Send to"
 

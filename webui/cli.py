@@ -11,6 +11,15 @@ from webui.config import ServerConfig
 from webui.login_guard import ThrottlePolicy
 from webui.security import DEFAULT_MAX_UPLOAD_MB, DEFAULT_SESSION_DAYS
 
+UPSCALER_FLAGS = (
+    ("esrgan", "ESRGAN"),
+    ("realesrgan", "RealESRGAN"),
+    ("swinir", "SwinIR"),
+    ("dat", "DAT"),
+    ("hat", "HAT"),
+)
+"""``--<flag>-models-path`` options (A1111's names) and the folder under ``--models-dir`` each replaces."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -40,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow .ckpt/.pt/.bin pickle checkpoints (loaded weights-only); they are refused otherwise",
     )
     models.add_argument("--no-demo", action="store_true", help="do not build the random-weight demo model")
+    for flag, folder in UPSCALER_FLAGS:
+        models.add_argument(
+            f"--{flag}-models-path", type=Path, default=None, help=f"{folder} upscalers, if not <models-dir>/{folder}"
+        )
+    models.add_argument(
+        "--allow-server-folders",
+        action="store_true",
+        help="let the Extras tab read a folder on the server (batch from folder) even under --listen",
+    )
 
     compute = parser.add_argument_group("compute")
     compute.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

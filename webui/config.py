@@ -25,6 +25,12 @@ class ServerConfig:
     ckpt: str | None
     allow_pickle: bool
     no_demo: bool
+    esrgan_models_path: Path | None
+    realesrgan_models_path: Path | None
+    swinir_models_path: Path | None
+    dat_models_path: Path | None
+    hat_models_path: Path | None
+    allow_server_folders: bool
     # compute
     device: str
     precision: str
@@ -59,6 +65,11 @@ class ServerConfig:
     def bind_host(self) -> str:
         """The address to listen on: ``--listen`` means every interface."""
         return "0.0.0.0" if self.listen else self.host
+
+    @property
+    def server_folders_allowed(self) -> bool:
+        """Batch from a server folder: always on this machine only; on a LAN only with --allow-server-folders."""
+        return self.allow_server_folders or not self.listen
 
     @property
     def api_enabled(self) -> bool:

@@ -14,6 +14,7 @@ class AppContext:
     demo_checkpoint: str | None = None  # name of the random-weight demo checkpoint, when one was built
     jobs: JobRegistry = field(default_factory=JobRegistry)
     skipped_checkpoints: dict[str, str] = field(default_factory=dict)  # name -> why it could not load at start-up
+    server_folders: bool = True  # the Extras tab may read server folders (off under --listen unless allowed)
 
     def checkpoint_names(self) -> list[str]:
         return [c.name for c in self.engine.manager.checkpoints]

@@ -13,6 +13,7 @@ from pipelines.models.devices import choose_device, choose_dtype
 from pipelines.models.manager import PipelineManager
 from pipelines.networks.library import NetworkFolders, NetworkLibrary
 from pipelines.runtime.queue import GenerationQueue
+from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
 from webui.app import CSS, SHORTCUTS_JS, build_app
 from webui.asgi import build_server_app, run_server
 from webui.config import ServerConfig
@@ -41,8 +42,13 @@ def build_context(args: ServerConfig) -> AppContext:
         args.outputs_dir,
         queue=GenerationQueue(args.queue_size),
         networks=NetworkLibrary(folders, manager.hashes, args.allow_pickle),
+        upscalers=UpscalerLibrary(upscaler_folders(args), device, manager.dtype),
     )
-    ctx = AppContext(engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None)
+    ctx = AppContext(
+        engine,
+        demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None,
+        server_folders=args.server_folders_allowed,
+    )
     if args.ckpt:  # asked for by name: starting on another model instead would make images from the wrong one
         log.info("loading %s", args.ckpt)
         try:
@@ -57,6 +63,18 @@ def build_context(args: ServerConfig) -> AppContext:
     elif candidates:
         log.error("none of the %d checkpoints could be loaded; starting without one", len(candidates))
     return ctx
+
+
+def upscaler_folders(args: ServerConfig) -> UpscalerFolders:
+    """A1111's upscaler folders under --models-dir, each replaced by its --*-models-path flag when given."""
+    return UpscalerFolders.from_models_dir(
+        args.models_dir,
+        esrgan=args.esrgan_models_path,
+        realesrgan=args.realesrgan_models_path,
+        swinir=args.swinir_models_path,
+        dat=args.dat_models_path,
+        hat=args.hat_models_path,
+    )
 
 
 def _preferred(ctx: AppContext) -> list[str]:

@@ -19,7 +19,7 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -58,15 +58,18 @@ def next_sequence_number(folder: Path) -> int:
     return highest + 1
 
 
-def _png_info(infotext: str) -> PngInfo:
-    """tEXt where the text is latin-1 (what most readers expect), iTXt (UTF-8) otherwise."""
+def _png_info(infotext: str, chunks: Mapping[str, str] | None = None) -> PngInfo:
+    """tEXt where the text is latin-1 (what most readers expect), iTXt (UTF-8) otherwise; empty texts left out."""
     info = PngInfo()
-    try:
-        infotext.encode("latin-1")
-    except UnicodeEncodeError:
-        info.add_itxt("parameters", infotext)
-    else:
-        info.add_text("parameters", infotext)
+    for key, text in {"parameters": infotext, **(chunks or {})}.items():
+        if not text:
+            continue
+        try:
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            info.add_itxt(key, text)
+        else:
+            info.add_text(key, text)
     return info
 
 
@@ -164,11 +167,16 @@ def save_image(
     image: Image.Image,
     outputs_dir: Path,
     mode_folder: str,
-    seed: int,
+    seed: int | None,
     infotext: str,
     when: datetime | None = None,
+    chunks: Mapping[str, str] | None = None,
 ) -> Path:
-    """Save `image` with its infotext in the `parameters` chunk; returns the new file's path."""
+    """Save `image` with its infotext in the `parameters` chunk; returns the new file's path.
+
+    ``seed`` None names the file by its number alone (the Extras tab's, as A1111); ``chunks`` are more text chunks
+    (the Extras tab's ``extras``).
+    """
     if not mode_folder or mode_folder in (".", "..") or "/" in mode_folder or "\\" in mode_folder:
         raise ValueError(f"mode_folder must be one folder name, got {mode_folder!r}")
     folder = Path(outputs_dir) / mode_folder / (when or datetime.now()).strftime("%Y-%m-%d")
@@ -181,13 +189,13 @@ def save_image(
         fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".png", dir=folder)
         temp = Path(temp_name)
         with os.fdopen(fd, "wb") as file:
-            image.save(file, format="PNG", pnginfo=_png_info(infotext))
+            image.save(file, format="PNG", pnginfo=_png_info(infotext, chunks))
             file.flush()
             os.fsync(file.fileno())
         with _folder_lock(folder):
             number = next_sequence_number(folder)
             for _ in range(_MAX_ATTEMPTS):
-                final = folder / f"{number:05d}-{seed}.png"
+                final = folder / (f"{number:05d}.png" if seed is None else f"{number:05d}-{seed}.png")
                 try:
                     _claim(temp, final)
                 except FileExistsError:

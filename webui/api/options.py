@@ -11,7 +11,7 @@ from typing import Any
 from pipelines.errors import EaselError
 from pipelines.generate import Engine
 from pipelines.networks.vae import AUTOMATIC
-from pipelines.settings import SAMPLING_BOUNDS, apply_settings, validated_settings
+from pipelines.settings import SAMPLING_BOUNDS, UPSCALER_TILE_SETTINGS, apply_settings, validated_settings
 from webui.api.checks import check_options
 from webui.api.mapping import checkpoint_title
 
@@ -23,6 +23,7 @@ ENGINE_OPTIONS = {
     "randn_source": "randn_source",
     "eta_noise_seed_delta": "eta_noise_seed_delta",
     **{name: name for name in SAMPLING_BOUNDS},  # eta_ancestral, eta_ddim, s_churn, s_tmin, s_tmax, s_noise, beta_*
+    **{name: name for name in UPSCALER_TILE_SETTINGS},  # ESRGAN_tile, ESRGAN_tile_overlap
 }
 """A1111 option key -> engine setting (``pipelines.settings``)."""
 _LABELS = {setting: key for key, setting in ENGINE_OPTIONS.items()}
@@ -47,6 +48,8 @@ def read_options(engine: Engine, stored: dict[str, Any]) -> dict[str, Any]:
         "sd_checkpoint_cache": manager.ram_cache_size or 0,
         "sd_vae": engine.settings.sd_vae or AUTOMATIC,
         **{key: getattr(engine.settings, key) for key in ("randn_source", "eta_noise_seed_delta", *SAMPLING_BOUNDS)},
+        "ESRGAN_tile": engine.upscalers.tile,
+        "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
         "enable_pnginfo": True,
         "return_grid": False,
     }

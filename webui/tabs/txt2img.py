@@ -47,7 +47,7 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
     with gr.Row():
         with gr.Column(scale=1):
             panel = build_param_panel("txt2img")
-            extras = build_generation_extras("txt2img")
+            extras = build_generation_extras("txt2img", ctx.engine.upscalers.hires_names())
         with gr.Column(scale=1):
             out = build_output_panel("txt2img")
 
