@@ -43,6 +43,7 @@ def build_context(args: ServerConfig) -> AppContext:
         networks=NetworkLibrary(folders, manager.hashes, args.allow_pickle),
     )
     ctx = AppContext(engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None)
+    ctx.admins = frozenset(args.admin)
     if args.ckpt:  # asked for by name: starting on another model instead would make images from the wrong one
         log.info("loading %s", args.ckpt)
         try:
