@@ -285,6 +285,28 @@ def test_history_tab_shows_sends_and_deletes(server, tmp_path: Path) -> None:
         page.wait_for_function("el => el.value.includes('fox in snow')", arg=prompt.element_handle(), timeout=30_000)
         assert page.locator("#txt2img_steps input[type=number]").first.input_value() == "20"
 
+        def send_from_history(target: str) -> None:
+            page.get_by_role("tab", name="History").click()
+            page.locator("#history_gallery img").first.click()
+            page.wait_for_function("el => el.value.includes('fox')", arg=text.element_handle(), timeout=30_000)
+            page.locator(f"#history_send_{target}").click()
+
+        send_from_history("png_info")
+        info = page.locator("#png_info_text textarea")
+        page.wait_for_function("el => el.value.includes('fox in snow')", arg=info.element_handle(), timeout=30_000)
+        send_from_history("img2img")
+        page.locator("#img2img_image img").first.wait_for(state="visible", timeout=30_000)
+        page.wait_for_function(
+            "() => document.querySelector('#img2img_prompt textarea').value.includes('fox in snow')", timeout=30_000
+        )
+        send_from_history("inpaint")
+        page.locator("#inpaint_editor button[aria-label=Brush]").wait_for(timeout=30_000)  # a picture is in
+        page.wait_for_function(
+            "() => document.querySelector('#inpaint_prompt textarea').value.includes('fox in snow')", timeout=30_000
+        )
+        page.wait_for_timeout(500)
+        page.locator("#inpaint_editor").screenshot(path=str(SCREENSHOTS / "history-sent-to-inpaint.png"))
+
         page.get_by_role("tab", name="History").click()
         page.locator("#history_gallery img").first.click()
         page.wait_for_function("el => el.value.includes('fox in snow')", arg=text.element_handle(), timeout=30_000)
