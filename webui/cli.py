@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file of user:password lines; refused when group or others can read it (chmod 600)",
     )
     server.add_argument(
+        "--admin",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a login (from --auth/--auth-file) who may cancel anyone's job in the queue (repeatable)",
+    )
+    server.add_argument(
         "--insecure-no-auth", action="store_true", help="allow --listen without credentials (trusted networks only)"
     )
     server.add_argument(
@@ -146,6 +153,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     args.ckpt_dir = args.ckpt_dir or args.models_dir / "Stable-diffusion"
     if args.queue_size < 1:
         build_parser().error("--queue-size must be at least 1")
+    if args.admin and not (args.auth or args.auth_file):
+        build_parser().error("--admin names a login: it needs --auth or --auth-file (without a login all are equal)")
     if args.session_days <= 0 or not args.login_free_failures >= 1 or args.login_lockout_failures < 1:
         build_parser().error("--session-days, --login-free-failures and --login-lockout-failures must be positive")
     return ServerConfig.from_namespace(args)

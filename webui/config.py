@@ -41,6 +41,7 @@ class ServerConfig:
     listen: bool
     auth: tuple[str, ...]
     auth_file: tuple[Path, ...]
+    admin: tuple[str, ...]
     insecure_no_auth: bool
     allowed_hosts: tuple[str, ...]
     no_api: bool

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipelines.generate import Engine
+from pipelines.metadata.history import OutputHistory
 from webui.runner import JobRegistry
 
 
@@ -15,6 +16,14 @@ class AppContext:
     jobs: JobRegistry = field(default_factory=JobRegistry)
     skipped_checkpoints: dict[str, str] = field(default_factory=dict)  # name -> why it could not load at start-up
     server_folders: bool = True  # the Extras tab may read server folders (off under --listen unless allowed)
+    admins: frozenset[str] = frozenset()  # --admin: users who may cancel anyone's job in the queue
+    history: OutputHistory = field(init=False)  # the outputs folder's images (History tab, /easel/history)
+
+    def __post_init__(self) -> None:
+        self.history = OutputHistory(self.engine.outputs_dir)
+
+    def is_admin(self, user: str | None) -> bool:
+        return bool(user) and user in self.admins
 
     def checkpoint_names(self) -> list[str]:
         return [c.name for c in self.engine.manager.checkpoints]

@@ -49,6 +49,7 @@ def build_context(args: ServerConfig) -> AppContext:
         demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None,
         server_folders=args.server_folders_allowed,
     )
+    ctx.admins = frozenset(args.admin)
     if args.ckpt:  # asked for by name: starting on another model instead would make images from the wrong one
         log.info("loading %s", args.ckpt)
         try:

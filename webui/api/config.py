@@ -10,7 +10,7 @@ from fastapi.encoders import jsonable_encoder
 
 from pipelines.imaging.uploads import DEFAULT_MAX_UPLOAD_PIXELS
 
-_SECRET_FLAGS = frozenset({"auth", "auth_file", "credentials", "security"})
+_SECRET_FLAGS = frozenset({"auth", "auth_file", "credentials", "security", "admin"})  # admin: login names
 
 
 @dataclass
