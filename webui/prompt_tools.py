@@ -64,6 +64,12 @@ def infotext_updates(
     parsed = request_from_infotext(parsed_fields)
     for key, why in parsed.skipped.items():
         gr.Warning(f"'{key}' was not read: {why}")
+    if "refiner_checkpoint" in parsed.kwargs:  # "name [hash]" in the text; the dropdown lists this server's files
+        refiner = resolve_checkpoint(ctx.engine.manager.find, parsed.kwargs["refiner_checkpoint"], None)
+        if refiner is None:
+            gr.Warning(f"Refiner '{parsed.kwargs.pop('refiner_checkpoint')}' is not here: no refiner set.")
+        else:
+            parsed.kwargs["refiner_checkpoint"] = refiner
     updates = [
         gr.update(value=widget_value(FIELDS[name], parsed.kwargs[name])) if name in parsed.kwargs else gr.update()
         for name in fields

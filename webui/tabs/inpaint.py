@@ -113,7 +113,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
                     outpaint = gr.Button(
                         "Outpaint", variant="primary", elem_id="outpaint_generate", scale=0, min_width=160
                     )
-            panel = build_param_panel("inpaint")
+            panel = build_param_panel("inpaint", checkpoints=ctx.checkpoint_names())
         with gr.Column(scale=1):
             out = build_output_panel("inpaint")
 

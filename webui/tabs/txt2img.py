@@ -53,7 +53,7 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
     prompts, networks = header.prompts, header.networks
     with gr.Row():
         with gr.Column(scale=1):
-            panel = build_param_panel("txt2img")
+            panel = build_param_panel("txt2img", checkpoints=ctx.checkpoint_names())
             extras = build_generation_extras("txt2img", ctx.engine.upscalers.hires_names())
         with gr.Column(scale=1):
             out = build_output_panel("txt2img")
