@@ -22,6 +22,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$PY" -m pip install --quiet --upgrade pip
   if [ -n "${EASEL_TORCH:-}" ]; then "$PY" -m pip install --quiet "$EASEL_TORCH"; fi
   "$PY" -m pip install --quiet -e ".$extras"
+  # upscaler architectures (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT...), needed at run time; --no-deps: its torchvision
+  # requirement does not import beside every torch build, and Easel runs it without (pipelines/upscalers)
+  "$PY" -m pip install --quiet --no-deps "spandrel==0.4.2"
   if [ -n "$extras" ]; then
     # test-only reference for the sampler formulas; --no-deps: its requirements pull torchvision, wandb, kornia
     "$PY" -m pip install --quiet --no-deps "k-diffusion==0.1.1.post1"

@@ -252,6 +252,7 @@ def _choices(name: str) -> Callable[[], Sequence[str]]:
 
 
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+NO_REFINER = "None"
 INPAINT_AREAS = ("Whole picture", "Only masked")
 
 
@@ -779,7 +780,9 @@ FIELDS = FieldRegistry(
             str,
             None,
             api="refiner_checkpoint",
+            group="refiner",
             infotext=Infotext("Refiner", None, _refiner_name),  # the engine writes both: it knows the title
+            widget=Widget("dropdown", "Refiner checkpoint", "refiner_checkpoint", choices=lambda: (NO_REFINER,)),
         ),
         RequestField(
             "refiner_switch_at",
@@ -787,8 +790,10 @@ FIELDS = FieldRegistry(
             0.8,
             api="refiner_switch_at",
             bounds=(0.01, 1.0),
+            group="refiner",
             label="Refiner switch at",
             infotext=Infotext("Refiner switch at", None, float),
+            widget=_slider("Switch at", "refiner_switch_at", 0.01, 1, 0.01),
         ),
     ]
 )

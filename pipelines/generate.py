@@ -36,6 +36,7 @@ from pipelines.sampling.passes import DenoisePass, img2img_pass, inpaint_pass, t
 from pipelines.sampling.rng import ImageRNG, rng_infotext
 from pipelines.sampling.schedules import ModelSigmas
 from pipelines.sampling.variations import image_subseeds
+from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
 
 log = logging.getLogger(__name__)
 VERSION = "easel-0.1"
@@ -104,6 +105,7 @@ class Engine:
         settings: EngineSettings | None = None,
         queue: GenerationQueue | None = None,
         networks: NetworkLibrary | None = None,
+        upscalers: UpscalerLibrary | None = None,
     ) -> None:
         # ``is None``, never ``or``: an empty GenerationQueue has length 0 and is falsy, and ``queue or ...`` once
         # replaced the caller's (--queue-size) queue with a default one.
@@ -115,6 +117,9 @@ class Engine:
             networks = NetworkLibrary(folders, manager.hashes, manager.allow_pickle)
         self.networks = networks
         self.styles = StyleLibrary(self.networks.folders.styles)
+        if upscalers is None:
+            upscalers = UpscalerLibrary(UpscalerFolders.beside(manager.checkpoints_dir), manager.device, manager.dtype)
+        self.upscalers = upscalers  # model upscalers (Extras, hires fix), run on this engine's device
         self.queue = GenerationQueue() if queue is None else queue  # shared by the UI and the API: one line per device
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -177,7 +182,7 @@ class Engine:
     # -- the one path ------------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Validate, switch model if asked, run every batch, save. Raises EaselError for bad input."""
-        request = request.validated()
+        request = request.validated(self.upscalers.hires_names() if request.enable_hr else None)
         if request.vae is None and self.settings.sd_vae:
             request = replace(request, vae=self.settings.sd_vae)
         request, styles, notes = self._styled(request)
@@ -290,7 +295,16 @@ class Engine:
                     tags = filename_tags(request, seed, active.info.model_name, active.hash, worn.vae)
                     options = SaveOptions.from_settings(self.settings)
                     paths.append(
-                        save_image(image, self.outputs_dir, MODE_FOLDERS[request.mode], seed, text, when, options, tags)
+                        save_image(
+                            image,
+                            self.outputs_dir,
+                            MODE_FOLDERS[request.mode],
+                            seed,
+                            text,
+                            when,
+                            options=options,
+                            tags=tags,
+                        )
                     )
                 images.append(image)
                 seeds.append(seed)
@@ -442,7 +456,8 @@ class Engine:
     ) -> torch.Tensor:
         """The hires fix's second pass: upscale (latents or pixels), then img2img at the big size, as A1111."""
         vae = active.model.vae
-        inputs = second_pass_inputs(request, active, latents, lambda x: decode_latents(vae, x))
+        upscale = self.upscalers.hires_upscale(job)
+        inputs = second_pass_inputs(request, active, latents, lambda x: decode_latents(vae, x), upscale)
         sampler = request.hr_sampler_name or request.sampler
         schedule = request.hr_scheduler or request.schedule_type
         hr_steps = hires_steps(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -85,8 +86,11 @@ class GenerationRequest:
     refiner_switch_at: float = 0.8
     extra_params: dict[str, object] = field(default_factory=dict)
 
-    def validated(self) -> GenerationRequest:
-        """A copy with names canonical and a concrete seed; raises EaselError naming what is wrong."""
+    def validated(self, hires_upscalers: Collection[str] | None = None) -> GenerationRequest:
+        """A copy with names canonical and a concrete seed; raises EaselError naming what is wrong.
+
+        ``hires_upscalers``: the hires upscaler names the engine knows (None: the built-in ones only).
+        """
         if self.mode not in MODES:
             raise EaselError(f"unknown mode '{self.mode}' (use {', '.join(MODES)})")
         sampler, schedule = split_sampler_name(self.sampler)
@@ -122,7 +126,7 @@ class GenerationRequest:
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
             if getattr(self, name) > 0:  # 0 or -1: off; the old size's noise is drawn in full, hence the bound
                 self._check(name)
-        hires = _checked_hires(self) if self.enable_hr and self.mode == "txt2img" else {}
+        hires = _checked_hires(self, hires_upscalers) if self.enable_hr and self.mode == "txt2img" else {}
         return replace(
             self,
             **hires,
@@ -172,9 +176,9 @@ class GenerationRequest:
         return self.batch_count * self.batch_size
 
 
-def _checked_hires(request: GenerationRequest) -> dict[str, object]:
+def _checked_hires(request: GenerationRequest, upscalers: Collection[str] | None = None) -> dict[str, object]:
     """Hires fields made canonical (sampler names split as for the first pass) and checked."""
-    from pipelines.sampling.hires import check_hires
+    from pipelines.sampling.hires import HIRES_UPSCALERS, check_hires
 
     changes: dict[str, object] = {
         "hr_scale": float(request.hr_scale),
@@ -195,7 +199,7 @@ def _checked_hires(request: GenerationRequest) -> dict[str, object]:
         changes["hr_scheduler"] = canonical_schedule_type(str(scheduler))
     else:
         changes["hr_scheduler"] = None
-    check_hires(replace(request, **changes))
+    check_hires(replace(request, **changes), HIRES_UPSCALERS if upscalers is None else upscalers)
     return changes
 
 

@@ -16,6 +16,7 @@ from pipelines.errors import EaselError
 from pipelines.metadata.filenames import check_format, check_pattern
 from pipelines.networks.vae import find_vae, is_automatic
 from pipelines.sampling.rng import SOURCES, parse_source
+from pipelines.upscalers.library import MAX_TILE
 
 if TYPE_CHECKING:
     from pipelines.generate import Engine
@@ -47,6 +48,8 @@ SAVE_SETTINGS = (
 """How images are written (``pipelines.metadata.filenames.SaveOptions``), A1111's config.json keys."""
 _ENGINE_FIELDS = ("randn_source", "eta_noise_seed_delta", *SAMPLING_BOUNDS, "clip_skip", *SAVE_SETTINGS)
 """Settings that are ``EngineSettings`` attributes of the same name."""
+UPSCALER_TILE_SETTINGS = ("ESRGAN_tile", "ESRGAN_tile_overlap")
+"""A1111's names; they live on the engine's upscaler library (tile side and overlap, in source pixels)."""
 SETTING_NAMES = (
     "preview_every",
     "save_outputs",
@@ -57,6 +60,7 @@ SETTING_NAMES = (
     *SAMPLING_BOUNDS,
     "clip_skip",
     *SAVE_SETTINGS,
+    *UPSCALER_TILE_SETTINGS,
 )
 
 
@@ -127,6 +131,10 @@ def _checked(engine: Engine, name: str, value: object, label: str) -> object:
         return _flag(label, value)
     if name in ("samples_filename_pattern", "directories_filename_pattern"):
         return check_pattern(label, value)
+    if name == "ESRGAN_tile":
+        return _whole_number(label, value, 0, MAX_TILE)
+    if name == "ESRGAN_tile_overlap":
+        return _whole_number(label, value, 0, MAX_TILE // 2)
     raise EaselError(f"unknown setting '{label}' (settings: {', '.join(SETTING_NAMES)})")
 
 
@@ -146,6 +154,8 @@ def current_settings(engine: Engine) -> dict[str, object]:
         "sd_vae": engine.settings.sd_vae,
         "ram_cache_size": engine.manager.ram_cache_size,
         **{name: getattr(engine.settings, name) for name in _ENGINE_FIELDS},
+        "ESRGAN_tile": engine.upscalers.tile,
+        "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
     }
 
 
@@ -154,5 +164,8 @@ def apply_settings(engine: Engine, changes: Mapping[str, object], labels: Mappin
     checked = validated_settings(engine, changes, labels)
     before = current_settings(engine)
     for name, value in checked.items():
+        if name in UPSCALER_TILE_SETTINGS:
+            setattr(engine.upscalers, "tile" if name == "ESRGAN_tile" else "tile_overlap", value)
+            continue
         setattr(engine.manager if name == "ram_cache_size" else engine.settings, name, value)
     return [name for name, value in checked.items() if before[name] != value]

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import EaselError
-from pipelines.settings import SAMPLING_BOUNDS, SAVE_SETTINGS, apply_settings, current_settings, validated_settings
+from pipelines.settings import (
+    SAMPLING_BOUNDS,
+    SAVE_SETTINGS,
+    UPSCALER_TILE_SETTINGS,
+    apply_settings,
+    current_settings,
+    validated_settings,
+)
 
 if TYPE_CHECKING:
     from pipelines.generate import Engine
@@ -44,6 +51,7 @@ ENGINE_KEYS: dict[str, str] = {
     **{name: name for name in SAMPLING_BOUNDS},  # eta_ancestral, eta_ddim, s_churn, s_tmin, s_tmax, s_noise, beta_*
     "CLIP_stop_at_last_layers": "clip_skip",
     **{name: name for name in SAVE_SETTINGS},  # samples_format, jpeg_quality, samples_filename_pattern, ...
+    **{name: name for name in UPSCALER_TILE_SETTINGS},  # ESRGAN_tile, ESRGAN_tile_overlap
 }
 """A1111 config.json key -> engine setting (``pipelines.settings``)."""
 SETTING_KEYS = {setting: key for key, setting in ENGINE_KEYS.items()}

@@ -14,6 +14,7 @@ from pipelines.errors import EaselError  # noqa: E402
 from webui.cli import parse_args  # noqa: E402
 from webui.security import security_from_args  # noqa: E402
 from webui.server import build_context, serve  # noqa: E402
+from webui.users import check_admins  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         security = security_from_args(config)  # refuse an unsafe exposure before loading anything
+        check_admins(config.admin, security.credentials)
         ctx = build_context(config)
         serve(ctx, config, security)
     except EaselError as exc:

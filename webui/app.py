@@ -10,6 +10,9 @@ from pipelines.errors import EaselError
 from webui.context import AppContext
 from webui.image_inputs import wire_send_buttons
 from webui.prompt_tools import wire_prompt_tools
+from webui.queue_panel import build_queue_panel
+from webui.tabs.extras import build_extras_tab
+from webui.tabs.history import build_history_tab
 from webui.tabs.img2img import build_img2img_tab
 from webui.tabs.inpaint import build_inpaint_tab
 from webui.tabs.networks import build_vae_picker, wire_vae_picker
@@ -75,6 +78,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             vae = build_vae_picker(ctx)
             model_status = gr.Markdown(_model_status(ctx), elem_id="easel_model_status")
         banner = gr.Markdown(banner_text(ctx), elem_id="easel_demo_banner")
+        build_queue_panel(ctx)  # every job in line, above every tab
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 txt2img_output = build_txt2img_tab(ctx, checkpoint)
@@ -82,11 +86,16 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 img2img = build_img2img_tab(ctx, checkpoint)
             with gr.Tab("Inpaint", id="inpaint"):
                 inpaint = build_inpaint_tab(ctx, checkpoint)
+            with gr.Tab("Extras", id="extras"):
+                extras = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="png_info"):
                 build_png_info_tab()
+            with gr.Tab("History", id="history") as history_tab:
+                build_history_tab(ctx, history_tab)
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(ctx, app)
-        wire_send_buttons(tabs, [txt2img_output, img2img.output, inpaint.output], img2img.init_image, inpaint.editor)
+        panels = [txt2img_output, img2img.output, inpaint.output, extras]
+        wire_send_buttons(tabs, panels, img2img.init_image, inpaint.editor)
         wire_vae_picker(app, ctx, vae, refresh)
         wire_prompt_tools(app, ctx, tabs, checkpoint)  # token counters, ↙ read parameters, PNG Info "Send to"
         apply_ui_defaults(app, ctx.settings.ui, ctx.engine.settings.clip_skip)  # ui-config.json: before the config

@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
 from webui.api import ApiSettings, build_api_router, install_error_handlers, public_cmd_flags
+from webui.api.routes_easel import build_easel_router
 from webui.config import ServerConfig
 from webui.context import AppContext
 from webui.security import SecurityMiddleware, SecuritySettings, is_loopback, lan_addresses
@@ -56,6 +57,7 @@ def build_server_app(
     if api_enabled:
         install_error_handlers(app)
         app.include_router(build_api_router(ctx, ApiSettings(cmd_flags=public_cmd_flags(config), store=ctx.settings)))
+        app.include_router(build_easel_router(ctx))  # /easel/history, /easel/queue
 
     # Gradio's own line only feeds the engine's (the one that is bounded and shown): it just must not be shorter.
     blocks.queue(default_concurrency_limit=1, max_size=max(64, 2 * ctx.engine.queue.max_size))

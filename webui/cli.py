@@ -11,6 +11,15 @@ from webui.config import ServerConfig
 from webui.login_guard import ThrottlePolicy
 from webui.security import DEFAULT_MAX_UPLOAD_MB, DEFAULT_SESSION_DAYS
 
+UPSCALER_FLAGS = (
+    ("esrgan", "ESRGAN"),
+    ("realesrgan", "RealESRGAN"),
+    ("swinir", "SwinIR"),
+    ("dat", "DAT"),
+    ("hat", "HAT"),
+)
+"""``--<flag>-models-path`` options (A1111's names) and the folder under ``--models-dir`` each replaces."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -54,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the settings file, if not <data-dir>/config.json (A1111's option of the same name)",
     )
+    for flag, folder in UPSCALER_FLAGS:
+        models.add_argument(
+            f"--{flag}-models-path", type=Path, default=None, help=f"{folder} upscalers, if not <models-dir>/{folder}"
+        )
+    models.add_argument(
+        "--allow-server-folders",
+        action="store_true",
+        help="let the Extras tab read a folder on the server (batch from folder) even under --listen",
+    )
 
     compute = parser.add_argument_group("compute")
     compute.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -81,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="a file of user:password lines; refused when group or others can read it (chmod 600)",
+    )
+    server.add_argument(
+        "--admin",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a login (from --auth/--auth-file) who may cancel anyone's job in the queue (repeatable)",
     )
     server.add_argument(
         "--insecure-no-auth", action="store_true", help="allow --listen without credentials (trusted networks only)"
@@ -151,6 +176,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         build_parser().error("--tls-self-signed makes its own certificate: leave out --tls-certfile/--tls-keyfile")
     if args.queue_size < 1:
         build_parser().error("--queue-size must be at least 1")
+    if args.admin and not (args.auth or args.auth_file):
+        build_parser().error("--admin names a login: it needs --auth or --auth-file (without a login all are equal)")
     if args.session_days <= 0 or not args.login_free_failures >= 1 or args.login_lockout_failures < 1:
         build_parser().error("--session-days, --login-free-failures and --login-lockout-failures must be positive")
     return ServerConfig.from_namespace(args)

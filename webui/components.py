@@ -7,11 +7,12 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.fields import FIELDS
+from pipelines.fields import FIELDS, NO_REFINER
 from webui import field_widgets
 
 PARAM_FIELDS = tuple(FIELDS.names("params"))
 """The parameter panel's fields, in the order its values reach a handler (and the txt2img API's order)."""
+REFINER_FIELDS = tuple(FIELDS.names("refiner"))
 
 
 @dataclass
@@ -38,14 +39,28 @@ class ParamPanel:
     clip_skip: gr.Slider
     random_seed: gr.Button
     reuse_seed: gr.Button
+    refiner: dict[str, gr.components.Component] = field(default_factory=dict)
+    refiner_state: gr.State | None = None  # the refiner's values: a State, so the API's positional order stays
 
     def inputs(self) -> list[gr.components.Component]:
-        return [getattr(self, name) for name in PARAM_FIELDS]
+        state = [] if self.refiner_state is None else [self.refiner_state]
+        return [*(getattr(self, name) for name in PARAM_FIELDS), *state]
 
 
 def values_to_kwargs(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     """Widget values (in ``ParamPanel.inputs`` order) -> GenerationRequest keyword arguments."""
-    return FIELDS.from_values(PARAM_FIELDS, values)
+    kwargs = FIELDS.from_values(PARAM_FIELDS, values[: len(PARAM_FIELDS)])
+    for extra in values[len(PARAM_FIELDS) :]:  # the refiner's State (None from an API call: the defaults)
+        kwargs.update(extra or {})
+    return kwargs
+
+
+def refiner_kwargs(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
+    """The refiner accordion's values as request kwargs ("None": no refiner)."""
+    kwargs = FIELDS.from_values(REFINER_FIELDS, values)
+    if kwargs["refiner_checkpoint"] in (None, "", NO_REFINER):
+        return {}
+    return kwargs
 
 
 def build_prompt_boxes(tab: str) -> PromptBoxes:
@@ -62,8 +77,9 @@ def build_prompt_boxes(tab: str) -> PromptBoxes:
     return PromptBoxes(prompt, negative, read_parameters, (counter, negative_counter))
 
 
-def build_param_panel(tab: str, default_size: int = 512) -> ParamPanel:
-    """Sampler, steps, CFG, size, batch and seed controls, A1111's ranges and defaults."""
+def build_param_panel(tab: str, default_size: int = 512, checkpoints: list[str] | None = None) -> ParamPanel:
+    """Sampler, steps, CFG, size, batch and seed controls, A1111's ranges and defaults; with ``checkpoints``, the
+    refiner accordion (A1111 1.6: another checkpoint finishes the picture)."""
     build = field_widgets.build
     with gr.Row():
         sampler = build("sampler", tab)
@@ -84,9 +100,20 @@ def build_param_panel(tab: str, default_size: int = 512) -> ParamPanel:
     with gr.Accordion("Advanced", open=False):
         clip_skip = build("clip_skip", tab)
     random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
-    return ParamPanel(
+    panel = ParamPanel(
         sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed, clip_skip, random_seed, reuse_seed
     )
+    if checkpoints is not None:
+        with gr.Accordion("Refiner", open=False, elem_id=f"{tab}_refiner_accordion"), gr.Row():
+            panel.refiner["refiner_checkpoint"] = build(
+                "refiner_checkpoint", tab, choices=[NO_REFINER, *checkpoints], value=NO_REFINER
+            )
+            panel.refiner["refiner_switch_at"] = build("refiner_switch_at", tab)
+        panel.refiner_state = gr.State({})
+        widgets = [panel.refiner[name] for name in REFINER_FIELDS]
+        for widget in widgets:
+            widget.change(refiner_kwargs, widgets, panel.refiner_state, queue=False, api_visibility="private")
+    return panel
 
 
 SEND_TARGETS = {"img2img": "img2img", "inpaint": "inpaint"}

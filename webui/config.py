@@ -27,6 +27,12 @@ class ServerConfig:
     no_demo: bool
     data_dir: Path  # resolved: the folder holding models_dir unless given; config.json lives here
     ui_settings_file: Path | None  # config.json elsewhere
+    esrgan_models_path: Path | None
+    realesrgan_models_path: Path | None
+    swinir_models_path: Path | None
+    dat_models_path: Path | None
+    hat_models_path: Path | None
+    allow_server_folders: bool
     # compute
     device: str
     precision: str
@@ -37,6 +43,7 @@ class ServerConfig:
     listen: bool
     auth: tuple[str, ...]
     auth_file: tuple[Path, ...]
+    admin: tuple[str, ...]
     insecure_no_auth: bool
     allowed_hosts: tuple[str, ...]
     no_api: bool
@@ -62,6 +69,11 @@ class ServerConfig:
     def bind_host(self) -> str:
         """The address to listen on: ``--listen`` means every interface."""
         return "0.0.0.0" if self.listen else self.host
+
+    @property
+    def server_folders_allowed(self) -> bool:
+        """Batch from a server folder: always on this machine only; on a LAN only with --allow-server-folders."""
+        return self.allow_server_folders or not self.listen
 
     @property
     def api_enabled(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipelines.generate import Engine
+from pipelines.metadata.history import OutputHistory
 from pipelines.settings_store import SettingsStore
 from webui.runner import JobRegistry
 
@@ -15,8 +16,18 @@ class AppContext:
     demo_checkpoint: str | None = None  # name of the random-weight demo checkpoint, when one was built
     jobs: JobRegistry = field(default_factory=JobRegistry)
     skipped_checkpoints: dict[str, str] = field(default_factory=dict)  # name -> why it could not load at start-up
+    server_folders: bool = True  # the Extras tab may read server folders (off under --listen unless allowed)
+    admins: frozenset[str] = frozenset()  # --admin: users who may cancel anyone's job in the queue
+    history: OutputHistory = field(init=False)  # the outputs folder's images (History tab, /easel/history)
+
     settings: SettingsStore = field(default_factory=lambda: SettingsStore.open(None))  # config.json, ui-config.json
     startup_notes: list[str] = field(default_factory=list)  # e.g. the remembered checkpoint is gone: shown in the UI
+
+    def __post_init__(self) -> None:
+        self.history = OutputHistory(self.engine.outputs_dir)
+
+    def is_admin(self, user: str | None) -> bool:
+        return bool(user) and user in self.admins
 
     def save_settings(self) -> None:
         """Write the engine's settings and checkpoint to config.json (after any change the UI applied)."""

@@ -44,7 +44,8 @@ def build(name: str, tab: str, **overrides: Any) -> gr.components.Component:
         return gr.Checkbox(bool(value), **common)
     if spec.kind == "textbox":
         return gr.Textbox(value=value or "", lines=spec.lines, **common)
-    choices: Sequence[str] = spec.choices() if spec.choices else ()
+    given = overrides.pop("choices", None)  # a list only the app knows (the hires upscalers with the models)
+    choices: Sequence[str] = given if given is not None else (spec.choices() if spec.choices else ())
     shown = widget_value(field, value)
     if shown is None and choices:
         shown = choices[0]

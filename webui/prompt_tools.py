@@ -1,5 +1,5 @@
 """Prompt-side helpers wired once over the whole app: token counters, "read parameters" (↙) and PNG Info's
-"Send to txt2img / img2img / inpaint".
+"Send to txt2img / img2img / inpaint" (and History's, the same buttons over its text and image).
 
 UI plumbing only: infotext -> request fields is ``pipelines.metadata.infotext_request``. Widgets are found by their
 ``elem_id`` (``<tab>_prompt``, ``<tab>_steps``, ...), the same convention every tab's builders follow, so a tab
@@ -22,6 +22,9 @@ from webui.context import AppContext
 from webui.field_widgets import widget_value
 
 TABS = MODES
+SEND_SOURCES = ("png_info", "history")
+"""Tabs with "Send to <tab>" buttons over an infotext and an image: ``<source>_send_<tab>``, ``<source>_text``,
+``<source>_image``."""
 FIELD_IDS: dict[str, str] = {f.name: f.widget.elem for f in FIELDS.with_widget() if f.widget is not None}
 """request field -> elem_id suffix of the widget showing it (``<tab>_<suffix>``), from the field registry."""
 
@@ -61,6 +64,12 @@ def infotext_updates(
     parsed = request_from_infotext(parsed_fields)
     for key, why in parsed.skipped.items():
         gr.Warning(f"'{key}' was not read: {why}")
+    if "refiner_checkpoint" in parsed.kwargs:  # "name [hash]" in the text; the dropdown lists this server's files
+        refiner = resolve_checkpoint(ctx.engine.manager.find, parsed.kwargs["refiner_checkpoint"], None)
+        if refiner is None:
+            gr.Warning(f"Refiner '{parsed.kwargs.pop('refiner_checkpoint')}' is not here: no refiner set.")
+        else:
+            parsed.kwargs["refiner_checkpoint"] = refiner
     updates = [
         gr.update(value=widget_value(FIELDS[name], parsed.kwargs[name])) if name in parsed.kwargs else gr.update()
         for name in fields
@@ -107,11 +116,13 @@ def wire_prompt_tools(app: gr.Blocks, ctx: AppContext, tabs: gr.Tabs, checkpoint
                 queue=False,
                 api_visibility="private",
             )
-        send = widgets.get(f"png_info_send_{tab}")
-        text = widgets.get("png_info_text")
-        if send is not None and text is not None:
+        for origin in SEND_SOURCES:
+            send = widgets.get(f"{origin}_send_{tab}")
+            text = widgets.get(f"{origin}_text")
+            if send is None or text is None:
+                continue
             image_target = widgets.get("img2img_image") if tab == "img2img" else widgets.get("inpaint_editor")
-            source = widgets.get("png_info_image")
+            source = widgets.get(f"{origin}_image")
             outputs = [*targets, checkpoint, tabs]
             inputs = [text]
             with_image = tab != "txt2img" and image_target is not None and source is not None
@@ -120,6 +131,21 @@ def wire_prompt_tools(app: gr.Blocks, ctx: AppContext, tabs: gr.Tabs, checkpoint
                 inputs.append(source)
             sender = _sender(ctx, names, tab if with_image else "txt2img", tab)
             send.click(sender, inputs, outputs, queue=False, api_visibility="private")
+    _wire_send_to_png_info(widgets, tabs)
+
+
+def _wire_send_to_png_info(widgets: dict[str, Any], tabs: gr.Tabs) -> None:
+    """History's "Send to PNG Info": the image goes to PNG Info, whose own change event reads it."""
+    button, source, target = (widgets.get(k) for k in ("history_send_png_info", "history_image", "png_info_image"))
+    if button is None or source is None or target is None:
+        return
+
+    def send(image: Any) -> tuple[Any, Any]:
+        if not image:
+            raise gr.Error("Click an image first.")
+        return image, gr.Tabs(selected="png_info")
+
+    button.click(send, [source], [target, tabs], queue=False, api_visibility="private")
 
 
 def _reader(ctx: AppContext, names: list[str]) -> Callable[..., list[Any]]:

@@ -16,7 +16,7 @@ import gradio as gr
 from pipelines.errors import EaselError
 from pipelines.generate import Engine
 from pipelines.requests import GenerationRequest, GenerationResult
-from pipelines.runtime.jobs import Job
+from pipelines.runtime.jobs import Job, JobLabel
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
@@ -29,8 +29,8 @@ class JobRegistry:
     _jobs: dict[str, Job] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self, session: str) -> Job:
-        job = Job()
+    def start(self, session: str, label: JobLabel | None = None) -> Job:
+        job = Job(label)
         with self._lock:
             self._jobs[session] = job
         return job

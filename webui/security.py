@@ -52,6 +52,8 @@ DEFAULT_SESSION_DAYS = 7.0
 SPOOL_IN_MEMORY_BYTES = 1024 * 1024  # chunked bodies are held in memory up to this, then on disk
 STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOGIN_PATHS = frozenset({"/login", "/login/"})
+USER_SCOPE_KEY = "easel.user"
+"""Where the middleware leaves the authenticated user name in the ASGI scope (routes read it; absent without one)."""
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"SAMEORIGIN"),
@@ -438,7 +440,7 @@ class SecurityMiddleware:
             return None
         credentials.refresh()
         address = client_address(scope)
-        logged_in = self.session_user(scope, headers) is not None
+        session_user = self.session_user(scope, headers)
         basic = credentials.basic_user(headers.get("authorization"))
         is_login = method == "POST" and scope["path"] in LOGIN_PATHS
         if basic is not None or is_login:
@@ -452,10 +454,14 @@ class SecurityMiddleware:
         if basic is not None:
             if credentials.check(*basic) and basic[1]:
                 self.throttle.succeeded(address)
+                scope[USER_SCOPE_KEY] = basic[0]
                 return None
             self.throttle.failed(address, basic[0])
             return 401, "Unauthorized", "wrong user name or password", _CHALLENGE
-        if logged_in or self.is_public(scope["path"], method):
+        if session_user is not None:
+            scope[USER_SCOPE_KEY] = session_user
+            return None
+        if self.is_public(scope["path"], method):
             return None
         challenge = _CHALLENGE if scope["path"].startswith(CHALLENGE_PREFIXES) else None
         return 401, "Unauthorized", "log in first (HTTP Basic or login page)", challenge

@@ -14,6 +14,7 @@ from pipelines.models.manager import PipelineManager
 from pipelines.networks.library import NetworkFolders, NetworkLibrary
 from pipelines.runtime.queue import GenerationQueue
 from pipelines.settings_store import SettingsStore
+from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
 from webui.app import CSS, SHORTCUTS_JS, build_app
 from webui.asgi import build_server_app, run_server
 from webui.config import ServerConfig
@@ -42,11 +43,16 @@ def build_context(args: ServerConfig) -> AppContext:
         args.outputs_dir,
         queue=GenerationQueue(args.queue_size),
         networks=NetworkLibrary(folders, manager.hashes, args.allow_pickle),
+        upscalers=UpscalerLibrary(upscaler_folders(args), device, manager.dtype),
     )
     store = SettingsStore.open(args.data_dir, args.ui_settings_file)
     ctx = AppContext(
-        engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None, settings=store
+        engine,
+        demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None,
+        server_folders=args.server_folders_allowed,
+        settings=store,
     )
+    ctx.admins = frozenset(args.admin)
     store.restore(engine)  # bad values are skipped, logged and listed in store.warnings (the UI shows them)
     if args.ram_cache is not None:  # given on the command line: it wins over the file
         manager.ram_cache_size = args.ram_cache
@@ -72,6 +78,18 @@ def build_context(args: ServerConfig) -> AppContext:
     elif candidates:
         log.error("none of the %d checkpoints could be loaded; starting without one", len(candidates))
     return ctx
+
+
+def upscaler_folders(args: ServerConfig) -> UpscalerFolders:
+    """A1111's upscaler folders under --models-dir, each replaced by its --*-models-path flag when given."""
+    return UpscalerFolders.from_models_dir(
+        args.models_dir,
+        esrgan=args.esrgan_models_path,
+        realesrgan=args.realesrgan_models_path,
+        swinir=args.swinir_models_path,
+        dat=args.dat_models_path,
+        hat=args.hat_models_path,
+    )
 
 
 def _preferred(ctx: AppContext) -> list[str]:

@@ -66,15 +66,18 @@ def next_sequence_number(folder: Path) -> int:
     return highest + 1
 
 
-def _png_info(infotext: str) -> PngInfo:
-    """tEXt where the text is latin-1 (what most readers expect), iTXt (UTF-8) otherwise."""
+def _png_info(infotext: str, chunks: Mapping[str, str] | None = None) -> PngInfo:
+    """tEXt where the text is latin-1 (what most readers expect), iTXt (UTF-8) otherwise; empty texts left out."""
     info = PngInfo()
-    try:
-        infotext.encode("latin-1")
-    except UnicodeEncodeError:
-        info.add_itxt("parameters", infotext)
-    else:
-        info.add_text("parameters", infotext)
+    for key, text in {"parameters": infotext, **(chunks or {})}.items():
+        if not text:
+            continue
+        try:
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            info.add_itxt(key, text)
+        else:
+            info.add_text(key, text)
     return info
 
 
@@ -93,13 +96,15 @@ def _exif(infotext: str) -> Image.Exif:
     return exif
 
 
-def _write(image: Image.Image, file: Any, infotext: str, options: SaveOptions) -> None:
+def _write(
+    image: Image.Image, file: Any, infotext: str, options: SaveOptions, chunks: Mapping[str, str] | None
+) -> None:
     """Encode ``image`` in the chosen format with its infotext where A1111 puts it for that format."""
     extension = options.extension
     if extension == "png":
         if image.mode not in _PNG_MODES:
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        image.save(file, format="PNG", pnginfo=_png_info(infotext))
+        image.save(file, format="PNG", pnginfo=_png_info(infotext, chunks))
     elif extension == "jpg":
         image = image.convert("RGB") if image.mode not in ("RGB", "L") else image
         image.save(file, format="JPEG", quality=options.jpeg_quality, exif=_exif(infotext))
@@ -204,22 +209,25 @@ def save_image(
     image: Image.Image,
     outputs_dir: Path,
     mode_folder: str,
-    seed: int,
+    seed: int | None,
     infotext: str,
     when: datetime | None = None,
+    chunks: Mapping[str, str] | None = None,
+    *,
     options: SaveOptions | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Path:
     """Save `image` with its infotext (PNG `parameters` chunk, or EXIF UserComment); returns the new file's path.
 
-    ``options``: format and naming (PNG, ``NNNNN-SEED`` in a date folder when None); ``tags``: the values of the
-    pattern's tags (``filenames.filename_tags``), ``[seed]`` being ``seed`` unless given.
+    ``seed`` None names the file by its number alone (the Extras tab's, as A1111); ``chunks`` are more PNG text
+    chunks (the Extras tab's ``extras``). ``options``: format and naming (PNG, ``NNNNN-SEED`` in a date folder
+    when None); ``tags``: the values of the pattern's tags (``filenames.filename_tags``), ``[seed]`` being ``seed``.
     """
     if not mode_folder or mode_folder in (".", "..") or "/" in mode_folder or "\\" in mode_folder:
         raise ValueError(f"mode_folder must be one folder name, got {mode_folder!r}")
     options = SaveOptions() if options is None else options
     when = when or datetime.now()
-    tags = {"seed": str(seed), **(tags or {})}
+    tags = {"seed": "" if seed is None else str(seed), **(tags or {})}
     folder = Path(outputs_dir) / mode_folder
     below = subfolder(options, tags, when)
     if below is not None:
@@ -232,7 +240,7 @@ def save_image(
         fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=f".{extension}", dir=folder)
         temp = Path(temp_name)
         with os.fdopen(fd, "wb") as file:
-            _write(image, file, infotext, options)
+            _write(image, file, infotext, options, chunks)
             file.flush()
             os.fsync(file.fileno())
         with _folder_lock(folder):

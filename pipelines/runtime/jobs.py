@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +58,27 @@ class JobSnapshot:
         return self.step - self.batch_index * per_batch if per_batch else self.step
 
 
+@dataclass(frozen=True)
+class JobLabel:
+    """Who asked for a job and what it makes, for the queue everyone sees (set by the caller: UI handler, API route).
+
+    ``owner`` is the logged-in user name; "" without a login, where everyone is the same user.
+    """
+
+    owner: str = ""
+    mode: str = ""
+    prompt: str = ""
+    width: int = 0
+    height: int = 0
+    images: int = 1
+
+
 class Job:
     """A generation's progress. Steps count across the whole batch so the bar and ETA cover all of it."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: JobLabel | None = None) -> None:
+        self.id = uuid.uuid4().hex[:16]  # names the job in /easel/queue/{id}/cancel; not guessable, not secret
+        self.label = label  # None: not a user's generation (a checkpoint switch taking its turn)
         self._lock = threading.Lock()
         self._status = "queued"
         self._step = 0

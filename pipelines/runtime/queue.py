@@ -43,8 +43,11 @@ class GenerationQueue:
 
     @contextmanager
     def place(self, job: Job, owner: str = "") -> Iterator[QueueEntry]:
-        """Join the line (EaselError when it is full); leaving the block frees the place, whatever happened."""
-        entry = QueueEntry(job, owner)
+        """Join the line (EaselError when it is full); leaving the block frees the place, whatever happened.
+
+        ``owner``: who waits, when the job's own label does not say (the label's user name wins).
+        """
+        entry = QueueEntry(job, job.label.owner if job.label is not None else owner)
         with self._changed:
             if len(self._entries) >= self.max_size:
                 raise QueueFullError(
@@ -107,3 +110,13 @@ class GenerationQueue:
     def jobs(self) -> list[Job]:
         with self._changed:
             return [entry.job for entry in self._entries]
+
+    def entries(self) -> list[QueueEntry]:
+        """Everyone in line, in order (the first one is running or next), read at one instant."""
+        with self._changed:
+            return list(self._entries)
+
+    def find(self, job_id: str) -> QueueEntry | None:
+        """The entry whose job has this id, while it is in line."""
+        with self._changed:
+            return next((entry for entry in self._entries if entry.job.id == job_id), None)

@@ -10,7 +10,7 @@ and prompts. Sizes are rounded down to multiples of 8, which the VAE needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,10 +76,13 @@ def request_hires_size(request: GenerationRequest) -> HiresSize:
     return hires_size(request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
 
 
-def check_hires(request: GenerationRequest) -> None:
-    """Validation for the hires fields (called by ``GenerationRequest.validated`` when hires fix is on)."""
-    if request.hr_upscaler not in HIRES_UPSCALERS:
-        raise EaselError(f"unknown hires upscaler '{request.hr_upscaler}'; use one of {', '.join(HIRES_UPSCALERS)}")
+def check_hires(request: GenerationRequest, upscalers: Collection[str] = HIRES_UPSCALERS) -> None:
+    """Validation for the hires fields (called by ``GenerationRequest.validated`` when hires fix is on).
+
+    ``upscalers``: the names the engine can use (``UpscalerLibrary.hires_names``: these and the model upscalers).
+    """
+    if request.hr_upscaler not in upscalers:
+        raise EaselError(f"unknown hires upscaler '{request.hr_upscaler}'; use one of {', '.join(upscalers)}")
     if not 1 <= request.hr_scale <= 8:
         raise EaselError(f"Hires upscale must be between 1 and 8 (got {request.hr_scale:g})")
     for name, value in (("Hires resize width", request.hr_resize_x), ("Hires resize height", request.hr_resize_y)):
@@ -118,9 +121,20 @@ def _crop_centre(latents: torch.Tensor, height: int, width: int) -> torch.Tensor
     return latents[:, :, top : top + height, left : left + width]
 
 
-def upscale_image(image: Image.Image, size: HiresSize, upscaler: str) -> Image.Image:
-    """Pixel-space upscale to ``size.upscale``, then centre crop to ``size.target``."""
-    resized = image.resize(size.upscale, PIXEL_UPSCALERS[upscaler])
+def upscale_image(
+    image: Image.Image,
+    size: HiresSize,
+    upscaler: str,
+    resize: Callable[[Image.Image, tuple[int, int], str], Image.Image] | None = None,
+) -> Image.Image:
+    """Pixel-space upscale to ``size.upscale``, then centre crop to ``size.target``.
+
+    PIL does None, Lanczos and Nearest; ``resize(image, size, name)`` any other name (a model upscaler).
+    """
+    if upscaler in PIXEL_UPSCALERS or resize is None:
+        resized = image.resize(size.upscale, PIXEL_UPSCALERS[upscaler])
+    else:
+        resized = resize(image, size.upscale, upscaler)
     width, height = size.target
     left = (resized.width - width) // 2
     top = (resized.height - height) // 2

@@ -18,6 +18,7 @@ from pipelines.models.checkpoints import HashCache
 from pipelines.networks.embeddings import embedding_shape
 from pipelines.networks.library import NetworkFolders, NetworkLibrary
 from pipelines.settings import PREVIEW_EVERY_MAX, RAM_CACHE_MAX, apply_settings, current_settings
+from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
 
 
 @pytest.fixture
@@ -27,7 +28,19 @@ def engine(tmp_path: Path) -> SimpleNamespace:
     folders.vae.mkdir(parents=True)
     (folders.vae / "sharp.vae.safetensors").write_bytes(b"listed, not loaded")
     networks = NetworkLibrary(folders, HashCache(tmp_path / "hashes.json"))
-    return SimpleNamespace(settings=EngineSettings(), manager=SimpleNamespace(ram_cache_size=None), networks=networks)
+    upscalers = UpscalerLibrary(UpscalerFolders.from_models_dir(tmp_path / "models"))
+    manager = SimpleNamespace(ram_cache_size=None)
+    return SimpleNamespace(settings=EngineSettings(), manager=manager, networks=networks, upscalers=upscalers)
+
+
+def test_upscaler_tile_settings_live_on_the_library(engine: SimpleNamespace) -> None:
+    assert current_settings(engine)["ESRGAN_tile"] == 192 and current_settings(engine)["ESRGAN_tile_overlap"] == 8
+    changed = apply_settings(engine, {"ESRGAN_tile": 256, "ESRGAN_tile_overlap": 16})
+    assert changed == ["ESRGAN_tile", "ESRGAN_tile_overlap"]
+    assert (engine.upscalers.tile, engine.upscalers.tile_overlap) == (256, 16)
+    with pytest.raises(EaselError, match="ESRGAN_tile must be a whole number"):
+        apply_settings(engine, {"ESRGAN_tile": -1, "ESRGAN_tile_overlap": 4})
+    assert engine.upscalers.tile_overlap == 16  # nothing half applied
 
 
 def test_folders_follow_the_a1111_layout(tmp_path: Path) -> None:

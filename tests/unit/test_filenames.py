@@ -70,8 +70,8 @@ def test_hostile_prompts_never_leave_the_folder(prompt: str, tmp_path: Path) -> 
         1,
         "x",
         WHEN,
-        options,
-        tags(prompt=prompt, prompt_spaces=prompt),
+        options=options,
+        tags=tags(prompt=prompt, prompt_spaces=prompt),
     )
     assert path.resolve().parent.parent == (tmp_path / "txt2img-images").resolve()
 
@@ -101,19 +101,25 @@ def test_patterns_and_formats_are_checked() -> None:
 
 def test_same_name_twice_gets_a_new_number_never_an_overwrite(tmp_path: Path) -> None:
     options = SaveOptions(samples_filename_pattern="[model_name]")
-    first = save_image(Image.new("RGB", (8, 8), "red"), tmp_path, "txt2img-images", 5, "a", WHEN, options, tags())
-    second = save_image(Image.new("RGB", (8, 8), "blue"), tmp_path, "txt2img-images", 5, "b", WHEN, options, tags())
+    first = save_image(
+        Image.new("RGB", (8, 8), "red"), tmp_path, "txt2img-images", 5, "a", WHEN, options=options, tags=tags()
+    )
+    second = save_image(
+        Image.new("RGB", (8, 8), "blue"), tmp_path, "txt2img-images", 5, "b", WHEN, options=options, tags=tags()
+    )
     assert first != second and first.name == "00000-tiny-sd1.png" and second.name == "00001-tiny-sd1.png"
     assert Image.open(first).getpixel((0, 0)) == (255, 0, 0)
 
 
 def test_save_to_dirs_off_and_a_folder_pattern(tmp_path: Path) -> None:
     flat = save_image(
-        Image.new("RGB", (8, 8)), tmp_path, "txt2img-images", 3, "a", WHEN, SaveOptions(save_to_dirs=False)
+        Image.new("RGB", (8, 8)), tmp_path, "txt2img-images", 3, "a", WHEN, options=SaveOptions(save_to_dirs=False)
     )
     assert flat.parent == tmp_path / "txt2img-images"
     monthly = SaveOptions(directories_filename_pattern="[datetime<%Y-%m>]-[model_name]")
-    nested = save_image(Image.new("RGB", (8, 8)), tmp_path, "txt2img-images", 3, "a", WHEN, monthly, tags())
+    nested = save_image(
+        Image.new("RGB", (8, 8)), tmp_path, "txt2img-images", 3, "a", WHEN, options=monthly, tags=tags()
+    )
     assert nested.parent.name == "2026-03-tiny-sd1"
 
 
@@ -132,7 +138,7 @@ def _b64(path: Path) -> str:
 )
 def test_every_format_carries_infotext_the_readers_find(options: SaveOptions, pil_format: str, tmp_path: Path) -> None:
     image = Image.new("RGBA", (64, 64), (10, 200, 30, 255))
-    path = save_image(image, tmp_path, "txt2img-images", 1234, INFOTEXT, WHEN, options)
+    path = save_image(image, tmp_path, "txt2img-images", 1234, INFOTEXT, WHEN, options=options)
     assert path.suffix == f".{options.extension}"
     with Image.open(path) as saved:
         assert saved.format == pil_format
@@ -149,7 +155,9 @@ def test_every_format_carries_infotext_the_readers_find(options: SaveOptions, pi
 
 def test_exif_user_comment_is_what_piexif_writes(tmp_path: Path) -> None:
     """A1111 writes ``piexif.helper.UserComment.dump(text, encoding="unicode")``: b"UNICODE\\0" + UTF-16 big-endian."""
-    path = save_image(Image.new("RGB", (16, 16)), tmp_path, "t", 1, INFOTEXT, WHEN, SaveOptions(samples_format="jpg"))
+    path = save_image(
+        Image.new("RGB", (16, 16)), tmp_path, "t", 1, INFOTEXT, WHEN, options=SaveOptions(samples_format="jpg")
+    )
     with Image.open(path) as saved:
         raw = saved.getexif().get_ifd(0x8769)[0x9286]
         assert raw == b"UNICODE\0" + INFOTEXT.encode("utf-16-be")

@@ -43,5 +43,5 @@ def build_api_router(ctx: AppContext, settings: ApiSettings) -> APIRouter:
     router.include_router(build_state_router(engine, settings))
     router.include_router(build_models_router(engine))
     router.include_router(build_networks_router(engine))
-    router.include_router(build_images_router(settings))
+    router.include_router(build_images_router(engine, settings))
     return router

@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipelines.errors import EaselError, RequestTooLargeError
 from pipelines.imaging.uploads import DEFAULT_MAX_UPLOAD_PIXELS, load_user_image, user_image_size
-from pipelines.imaging.upscale import UpscaleSpec, check_results
+from pipelines.imaging.upscale import UPSCALERS, UpscaleSpec, check_results
 
 MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_UPLOAD_PIXELS
 """Decoded pixels all the images of one request may add up to (an init image and its mask at the largest size):
@@ -88,11 +88,13 @@ def check_pixel_budget(images: Sequence[tuple[str, str]], limit: int, max_pixels
     return sizes
 
 
-def check_extras_request(images: Sequence[tuple[str, str]], spec: UpscaleSpec, max_pixels: int) -> None:
+def check_extras_request(
+    images: Sequence[tuple[str, str]], spec: UpscaleSpec, max_pixels: int, upscalers: Sequence[str] = UPSCALERS
+) -> None:
     """Every image's size and its result's, from the headers: refused before any pixel is decoded."""
-    spec.upscalers()
+    spec.upscalers(upscalers)
     sizes = check_pixel_budget(images, MAX_REQUEST_PIXELS, max_pixels)
-    check_results(spec, [(what, size) for (what, _), size in zip(images, sizes, strict=True)])
+    check_results(spec, [(what, size) for (what, _), size in zip(images, sizes, strict=True)], upscalers)
 
 
 def check_options(options: dict[str, Any], stored: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from pipelines.imaging.uploads import DEFAULT_MAX_UPLOAD_PIXELS
 from pipelines.settings_store import SettingsStore
 
-_SECRET_FLAGS = frozenset({"auth", "auth_file", "credentials", "security"})
+_SECRET_FLAGS = frozenset({"auth", "auth_file", "credentials", "security", "admin"})  # admin: login names
 
 
 @dataclass

@@ -10,7 +10,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from pipelines.errors import EaselError, RequestTooLargeError
+from pipelines.metadata.history import OutputNotFoundError, OutputPathError
 from pipelines.runtime.queue import QueueFullError
+from pipelines.runtime.queue_view import JobNotFoundError, NotAllowedError
+
+_STATUS: tuple[tuple[type[EaselError], int, str], ...] = (
+    (QueueFullError, 429, "QueueFull"),
+    (RequestTooLargeError, 413, "RequestTooLarge"),
+    (OutputPathError, 400, "BadPath"),
+    (OutputNotFoundError, 404, "NotFound"),
+    (JobNotFoundError, 404, "NotFound"),
+    (NotAllowedError, 403, "Forbidden"),
+)
 
 
 def _error(status: int, error: str, detail: Any, errors: Any = "") -> JSONResponse:
@@ -26,10 +37,9 @@ def _message(error: dict[str, Any]) -> str:
 
 
 async def _easel_error(_request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, QueueFullError):
-        return _error(429, "QueueFull", str(exc))
-    if isinstance(exc, RequestTooLargeError):
-        return _error(413, "RequestTooLarge", str(exc))
+    for kind, status, name in _STATUS:
+        if isinstance(exc, kind):
+            return _error(status, name, str(exc))
     return _error(422, "EaselError", str(exc))
 
 
@@ -43,6 +53,7 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """EaselError -> 422, a full queue -> 429, too large -> 413, bad JSON / wrong types -> 422; A1111's error shape."""
+    """EaselError -> 422, a full queue -> 429, too large -> 413, bad JSON / wrong types -> 422, a path outside the
+    outputs -> 400, no such image or job -> 404, someone else's job -> 403; A1111's error shape."""
     app.add_exception_handler(EaselError, _easel_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

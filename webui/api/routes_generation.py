@@ -6,20 +6,25 @@ import json
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from pipelines.generate import Engine
 from pipelines.runtime.jobs import Job
+from pipelines.runtime.queue_view import job_label
 from webui.api.config import ApiSettings
 from webui.api.mapping import encode_png, generation_info, to_generation_request, value_or
 from webui.api.models import GenerationFields, GenerationResponse, Img2ImgRequest, ScriptsList, Txt2ImgRequest
+from webui.users import api_user
 
 
-def generate(engine: Engine, settings: ApiSettings, req: GenerationFields, mode: str) -> dict[str, Any]:
-    """One generation in A1111's reply shape (images as raw base64 PNGs carrying their infotexts)."""
+def generate(engine: Engine, settings: ApiSettings, req: GenerationFields, mode: str, user: str = "") -> dict[str, Any]:
+    """One generation in A1111's reply shape (images as raw base64 PNGs carrying their infotexts).
+
+    ``user``: the Basic-auth login the queue shows the job under ("" without a login).
+    """
     request = to_generation_request(req, mode, settings.options, settings.max_upload_pixels, engine.manager.find)
     timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
-    result = engine.generate(request, Job())
+    result = engine.generate(request, Job(job_label(request, user)))
     images = []
     if value_or(req.send_images, True):
         images = [encode_png(im, text) for im, text in zip(result.images, result.infotexts, strict=True)]
@@ -34,12 +39,12 @@ def build_generation_router(engine: Engine, settings: ApiSettings) -> APIRouter:
     router = APIRouter()
 
     @router.post("/txt2img", response_model=GenerationResponse)
-    def txt2img(req: Txt2ImgRequest) -> dict[str, Any]:
-        return generate(engine, settings, req, "txt2img")
+    def txt2img(req: Txt2ImgRequest, http: Request) -> dict[str, Any]:
+        return generate(engine, settings, req, "txt2img", api_user(http))
 
     @router.post("/img2img", response_model=GenerationResponse)
-    def img2img(req: Img2ImgRequest) -> dict[str, Any]:
-        return generate(engine, settings, req, "img2img")
+    def img2img(req: Img2ImgRequest, http: Request) -> dict[str, Any]:
+        return generate(engine, settings, req, "img2img", api_user(http))
 
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> dict[str, list[str]]:

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from pipelines.errors import EaselError
-from pipelines.imaging.upscale import upscale
+from pipelines.generate import Engine
 from pipelines.metadata.infotext import parse_infotext, read_image_parameters
+from pipelines.upscalers.extras import run_extras
 from webui.api.checks import check_extras_request, decode_image
 from webui.api.config import ApiSettings
 from webui.api.mapping import encode_png, upscale_spec
@@ -32,7 +33,7 @@ def png_info_of(data: str, max_pixels: int) -> dict[str, Any]:
     return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
 
 
-def build_images_router(settings: ApiSettings) -> APIRouter:
+def build_images_router(engine: Engine, settings: ApiSettings) -> APIRouter:
     router = APIRouter()
     max_pixels = settings.max_upload_pixels
 
@@ -45,18 +46,24 @@ def build_images_router(settings: ApiSettings) -> APIRouter:
         if not (req.image or "").strip():
             raise EaselError("image: no image given")
         spec = upscale_spec(req)
-        check_extras_request([("image", req.image or "")], spec, max_pixels)
-        image = decode_image(req.image or "", "image", max_pixels)
-        return {"html_info": "", "image": encode_png(upscale(image, spec))}
+        check_extras_request([("image", req.image or "")], spec, max_pixels, engine.upscalers.names())
+        result = run_extras(engine, [lambda: decode_image(req.image or "", "image", max_pixels)], spec)
+        if not result.images:
+            raise EaselError("the upscale was interrupted before it finished")
+        return {"html_info": result.infotexts[0], "image": encode_png(result.images[0])}
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
     def extra_batch_images(req: ExtrasBatchImagesRequest) -> dict[str, Any]:
-        """Sizes checked from the headers first; then each image decoded, upscaled and encoded before the next."""
+        """Sizes checked from the headers first; then each image decoded when its turn comes (one engine turn)."""
         spec = upscale_spec(req)
         named = [(f"imageList[{i}]", f.data) for i, f in enumerate(req.imageList or [])]
-        check_extras_request(named, spec, max_pixels)
-        images = [encode_png(upscale(decode_image(data, what, max_pixels), spec)) for what, data in named]
-        return {"html_info": "", "images": images}
+        check_extras_request(named, spec, max_pixels, engine.upscalers.names())
+
+        def source(what: str, data: str):
+            return lambda: decode_image(data, what, max_pixels)
+
+        result = run_extras(engine, [source(what, data) for what, data in named], spec)
+        return {"html_info": "<br>".join(result.infotexts), "images": [encode_png(im) for im in result.images]}
 
     @router.get("/face-restorers")
     def face_restorers() -> list[dict[str, Any]]:

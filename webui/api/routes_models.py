@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter
 
 from pipelines.generate import Engine
-from pipelines.imaging.upscale import UPSCALERS
 from pipelines.sampling.hires import LATENT_UPSCALERS
 from pipelines.sampling.k_samplers import SAMPLERS
 from pipelines.sampling.schedules import SCHEDULES
@@ -54,10 +53,15 @@ def build_models_router(engine: Engine) -> APIRouter:
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> list[dict[str, Any]]:
-        return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4} for n in UPSCALERS]
+        return engine.upscalers.items()
 
     @router.get("/latent-upscale-modes")
     def latent_upscale_modes() -> list[dict[str, str]]:
         return [{"name": name} for name in LATENT_UPSCALERS]
+
+    @router.post("/refresh-upscalers")
+    def refresh_upscalers() -> None:
+        """The folders are read on every listing; this forgets loaded models so replaced files are read again."""
+        engine.upscalers.refresh()
 
     return router

@@ -33,7 +33,8 @@ def extras_to_kwargs(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     return kwargs
 
 
-def build_generation_extras(tab: str) -> GenerationExtras:
+def build_generation_extras(tab: str, hires_upscalers: list[str] | None = None) -> GenerationExtras:
+    """``hires_upscalers``: the engine's names (latent, PIL and model upscalers); None: the built-in ones."""
     w: dict[str, gr.components.Component] = {}
 
     def put(name: str, **overrides: Any) -> None:
@@ -42,7 +43,7 @@ def build_generation_extras(tab: str) -> GenerationExtras:
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires_accordion"):
         put("enable_hr")
         with gr.Row():
-            put("hr_upscaler")
+            put("hr_upscaler", choices=hires_upscalers)
             put("hr_second_pass_steps")
             put("denoising_strength", value=0.7)
         with gr.Row():

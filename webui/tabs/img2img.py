@@ -22,6 +22,7 @@ from webui.image_inputs import read_image
 from webui.runner import session_of
 from webui.tabs.header import build_tab_header
 from webui.tabs.txt2img import result_updates
+from webui.users import ui_user
 
 
 @dataclass
@@ -46,7 +47,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
             )
             resize_mode = build("resize_mode", "img2img")
             denoising = build("denoising_strength", "img2img")
-            panel = build_param_panel("img2img")
+            panel = build_param_panel("img2img", checkpoints=ctx.checkpoint_names())
         with gr.Column(scale=1):
             out = build_output_panel("img2img")
 
@@ -73,7 +74,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
             **values_to_kwargs(values[:-1]),
             **(values[-1] or {}),  # the networks state: last, so the API's positional parameters stay as they were
         )
-        yield from result_updates(ctx, request_obj, session_of(request))
+        yield from result_updates(ctx, request_obj, session_of(request), ui_user(request))
 
     inputs = [
         checkpoint,

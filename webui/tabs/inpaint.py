@@ -30,6 +30,7 @@ from webui.image_inputs import editor_background, editor_mask, editor_value
 from webui.runner import session_of
 from webui.tabs.header import build_tab_header
 from webui.tabs.txt2img import result_updates
+from webui.users import ui_user
 
 INPAINT_FIELDS = (
     "mask_blur",
@@ -112,7 +113,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
                     outpaint = gr.Button(
                         "Outpaint", variant="primary", elem_id="outpaint_generate", scale=0, min_width=160
                     )
-            panel = build_param_panel("inpaint")
+            panel = build_param_panel("inpaint", checkpoints=ctx.checkpoint_names())
         with gr.Column(scale=1):
             out = build_output_panel("inpaint")
 
@@ -158,7 +159,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
         values, network_values = values[:-1], values[-1]  # the networks state comes last: the API keeps its order
         base = widget_request(checkpoint_name, prompt, negative, blur, pad, invert, area, content, strength, values)
         request_obj = replace(base, init_image=init, mask=mask, **(network_values or {}))
-        yield from result_updates(ctx, request_obj, session_of(request))
+        yield from result_updates(ctx, request_obj, session_of(request), ui_user(request))
 
     def run_outpaint(
         request: gr.Request,
@@ -187,7 +188,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
             request_obj = outpaint_request(base, **amounts, fill=fill_mode)
         except EaselError as exc:
             raise gr.Error(str(exc)) from exc
-        for update in result_updates(ctx, request_obj, session_of(request)):
+        for update in result_updates(ctx, request_obj, session_of(request), ui_user(request)):
             images = update[0]
             done = isinstance(images, list) and images
             # the result becomes the editor's picture: outpaint again, or paint a mask on it, with no re-upload

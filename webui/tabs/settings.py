@@ -27,6 +27,7 @@ from pipelines.settings import (
     validated_settings,
 )
 from pipelines.settings_store import ENGINE_KEYS, SETTING_KEYS, stored_value
+from pipelines.upscalers.library import MAX_TILE
 from webui import field_widgets
 from webui.context import AppContext
 from webui.tabs.networks import vae_choices
@@ -140,6 +141,24 @@ SECTIONS: dict[str, list[Setting]] = {
             "number",
             0,
             RAM_CACHE_MAX,
+        ),
+    ],
+    "Upscaling": [
+        Setting(
+            "ESRGAN_tile",
+            "Tile size for model upscalers",
+            "in source pixels; 0: the whole image at once (fastest, most memory)",
+            "slider",
+            0,
+            MAX_TILE,
+        ),
+        Setting(
+            "ESRGAN_tile_overlap",
+            "Tile overlap for model upscalers",
+            "in source pixels; more hides seams better",
+            "slider",
+            0,
+            MAX_TILE // 2,
         ),
     ],
     "Networks": [

@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.requests import GenerationRequest
+from pipelines.runtime.queue_view import job_label
 from webui.components import (
     OutputPanel,
     build_output_panel,
@@ -19,11 +20,17 @@ from webui.context import AppContext
 from webui.runner import progress_html, session_of, stream_generation
 from webui.tabs.generation_extras import build_generation_extras
 from webui.tabs.header import build_tab_header
+from webui.users import ui_user
 
 
-def result_updates(ctx: AppContext, request: GenerationRequest, job_session: str) -> Iterator[tuple[Any, ...]]:
-    """Run a request and yield values for an OutputPanel: live preview while working, the gallery at the end."""
-    job = ctx.jobs.start(job_session)
+def result_updates(
+    ctx: AppContext, request: GenerationRequest, job_session: str, user: str = ""
+) -> Iterator[tuple[Any, ...]]:
+    """Run a request and yield values for an OutputPanel: live preview while working, the gallery at the end.
+
+    ``user``: the logged-in name the queue shows the job under ("" without a login).
+    """
+    job = ctx.jobs.start(job_session, job_label(request, user))
     try:
         for _, result in stream_generation(ctx.engine, request, job):
             if result is None:
@@ -46,8 +53,8 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
     prompts, networks = header.prompts, header.networks
     with gr.Row():
         with gr.Column(scale=1):
-            panel = build_param_panel("txt2img")
-            extras = build_generation_extras("txt2img")
+            panel = build_param_panel("txt2img", checkpoints=ctx.checkpoint_names())
+            extras = build_generation_extras("txt2img", ctx.engine.upscalers.hires_names())
         with gr.Column(scale=1):
             out = build_output_panel("txt2img")
 
@@ -61,7 +68,7 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
             **(values[n_params] or {}),
             **(values[n_params + 1] or {}),
         )
-        yield from result_updates(ctx, request_obj, session_of(request))
+        yield from result_updates(ctx, request_obj, session_of(request), ui_user(request))
 
     n_params = len(panel.inputs())
     inputs = [checkpoint, prompts.prompt, prompts.negative_prompt, *panel.inputs(), extras.state, networks.state]
