@@ -134,6 +134,11 @@ def test_a_corrupt_config_is_kept_aside_and_reported(models_dir: Path, tmp_path:
     with running_server(server_args(models, tmp_path / "outputs"), tmp_path / "server.log") as url:
         banner = banner_text(url)
         options = requests.get(f"{url}/sdapi/v1/options", timeout=TIMEOUT).json()
+        with browser_page(tmp_path / "profile") as page:  # what a user sees on opening the page
+            page.goto(url)
+            page.locator("#easel_demo_banner").get_by_text("was not valid JSON").wait_for(timeout=30_000)
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "corrupt_config_banner.png"))
     aside = list(tmp_path.glob("config.json.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_text() == broken
     assert "was not valid JSON" in banner and aside[0].name in banner
