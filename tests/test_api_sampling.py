@@ -11,13 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+import sd_backend_client  # noqa: E402
 from PIL import Image
 
 from pipelines.metadata.infotext import parse_infotext
 from tests.api_support import AUTH, PASSWORD, USER
 from tests.server import LaunchedServer
-
-sd_backend_client = pytest.importorskip("sd_backend_client")
 
 
 @pytest.fixture(scope="module")
