@@ -17,6 +17,7 @@ from pipelines.conditioning.scheduled import ScheduledConditioning, encode_condi
 from pipelines.conditioning.styles import StyleLibrary, StylesFileError
 from pipelines.errors import EaselError
 from pipelines.fields import FIELDS
+from pipelines.hooks import EngineHooks, ModelView
 from pipelines.imaging.inpaint import (
     InpaintPlan,
     finish_inpaint,
@@ -89,6 +90,7 @@ class Engine:
         settings: EngineSettings | None = None,
         queue: GenerationQueue | None = None,
         networks: NetworkLibrary | None = None,
+        hooks: EngineHooks | None = None,
     ) -> None:
         # ``is None``, never ``or``: an empty GenerationQueue has length 0 and is falsy, and ``queue or ...`` once
         # replaced the caller's (--queue-size) queue with a default one.
@@ -101,6 +103,7 @@ class Engine:
         self.networks = networks
         self.styles = StyleLibrary(self.networks.folders.styles)
         self.queue = GenerationQueue() if queue is None else queue  # shared by the UI and the API: one line per device
+        self.hooks = EngineHooks() if hooks is None else hooks  # the loaded extensions' (pipelines/hooks.py)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _target_checkpoint(self, request: GenerationRequest) -> str:
@@ -159,10 +162,13 @@ class Engine:
     def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Validate, switch model if asked, run every batch, save. Raises EaselError for bad input."""
         request = request.validated()
+        job = Job() if job is None else job
+        if request.script is not None:  # a script makes its images through this same path, one call per set
+            return self.hooks.run_script(request, job, lambda inner: self.generate(inner, job))
+        request = self.hooks.before_request(request).validated()
         if request.vae is None and self.settings.sd_vae:
             request = replace(request, vae=self.settings.sd_vae)
         request, styles, notes = self._styled(request)
-        job = Job() if job is None else job
         job.plan(request.batch_count)
         with self.queue.place(job) as place:  # EaselError when the line is full
             if request.checkpoint:
@@ -209,7 +215,10 @@ class Engine:
             try:
                 active = self.manager.activate(target)
                 device, dtype = self.manager.device, self.manager.dtype
-                with self.networks.applied(active, request, device, dtype) as worn:
+                with (
+                    self.networks.applied(active, request, device, dtype) as worn,
+                    self.hooks.model_patches(request, self._model_view(active)),
+                ):
                     result = self._run(request, active, job, worn)
             except BaseException:
                 job.set_status("failed")
@@ -219,6 +228,10 @@ class Engine:
                     self.manager.activate(previous)  # still under the lock: no other job sees the override
             job.set_status("interrupted" if result.interrupted else "done")
             return result
+
+    def _model_view(self, active: ActiveModel) -> ModelView:
+        m = active.model
+        return ModelView(m.family, m.unet, m.vae, tuple(m.text_encoders), self.manager.device, self.manager.dtype)
 
     def _run(
         self, request: GenerationRequest, active: ActiveModel, job: Job, worn: NetworkUse | None = None
@@ -245,6 +258,9 @@ class Engine:
             batch_images = self._sample(request, active, embeds, batch_seeds, job, dict(inputs))
             if plan is not None:
                 batch_images = [finish_inpaint(plan, image) for image in batch_images]
+            pairs = zip(batch_images, batch_seeds, strict=True)
+            batch_images = [self.hooks.after_image(request, image, seed) for image, seed in pairs]
+            self.hooks.after_batch(request, batch_images, batch_seeds)
             for image, seed in zip(batch_images, batch_seeds, strict=True):
                 text = self.infotext(request, active, seed, extra)
                 if request.save and self.settings.save_outputs:

@@ -13,6 +13,8 @@ from pipelines.runtime.jobs import Job
 from webui.api.config import ApiSettings
 from webui.api.mapping import encode_png, generation_info, to_generation_request, value_or
 from webui.api.models import GenerationFields, GenerationResponse, Img2ImgRequest, ScriptsList, Txt2ImgRequest
+from webui.api.scripts import script_info as script_details
+from webui.api.scripts import script_lists
 
 
 def generate(engine: Engine, settings: ApiSettings, req: GenerationFields, mode: str) -> dict[str, Any]:
@@ -43,10 +45,10 @@ def build_generation_router(engine: Engine, settings: ApiSettings) -> APIRouter:
 
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        return script_lists(engine.hooks)
 
     @router.get("/script-info")
     def script_info() -> list[dict[str, Any]]:
-        return []
+        return script_details(engine.hooks)
 
     return router
