@@ -17,7 +17,7 @@ from pipelines.conditioning.scheduled import ScheduledConditioning, encode_condi
 from pipelines.conditioning.styles import StyleLibrary, StylesFileError
 from pipelines.errors import EaselError
 from pipelines.fields import FIELDS
-from pipelines.hooks import EngineHooks, ModelView
+from pipelines.hooks import EngineHooks, ModelView, ScriptRunner
 from pipelines.imaging.inpaint import (
     InpaintPlan,
     finish_inpaint,
@@ -161,11 +161,10 @@ class Engine:
     # -- the one path ------------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Validate, switch model if asked, run every batch, save. Raises EaselError for bad input."""
-        request = request.validated()
         job = Job() if job is None else job
         if request.script is not None:  # a script makes its images through this same path, one call per set
-            return self.hooks.run_script(request, job, lambda inner: self.generate(inner, job))
-        request = self.hooks.before_request(request).validated()
+            return self._run_script(request, job)  # unvalidated: it decides about -1 seeds (X/Y/Z's "keep -1")
+        request = self.hooks.before_request(request.validated()).validated()
         if request.vae is None and self.settings.sd_vae:
             request = replace(request, vae=self.settings.sd_vae)
         request, styles, notes = self._styled(request)
@@ -182,6 +181,25 @@ class Engine:
         result.warnings[:0] = notes
         result.styles = styles
         return result
+
+    def _run_script(self, request: GenerationRequest, job: Job) -> GenerationResult:
+        """A selected script; a checkpoint axis's last model is switched back to the request's own, as A1111 does."""
+        before = self.manager.active.info.name if self.manager.active else None
+        when = datetime.now()
+
+        def save_grid(image: Image.Image, text: str, inner: GenerationRequest) -> Path | None:
+            if not (inner.save and self.settings.save_outputs):
+                return None
+            return save_image(image, self.outputs_dir, f"{inner.mode}-grids", inner.seed, text, when)
+
+        runner = ScriptRunner(lambda inner: self.generate(inner, job), job, save_grid)
+        try:
+            return self.hooks.run_script(request, runner)
+        finally:
+            target = request.checkpoint or before
+            after = self.manager.active.info.name if self.manager.active else None
+            if target is not None and after != target:
+                self.switch_checkpoint(target)
 
     def _styled(self, request: GenerationRequest) -> tuple[GenerationRequest, tuple[str, ...], list[str]]:
         """Styles applied once, here: the styled request, the names applied (for the result), what the user must know.

@@ -24,6 +24,8 @@ from pipelines.fields import Widget
 from pipelines.sampling.denoiser import ModelCall, ModelInputs, SamplingHooks, SamplingState, cfg
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from PIL import Image
 
     from pipelines.requests import GenerationRequest, GenerationResult
@@ -42,6 +44,19 @@ AfterImage = Callable[["GenerationRequest", "Image.Image", int], "Image.Image | 
 AfterBatch = Callable[["GenerationRequest", Sequence["Image.Image"], Sequence[int]], None]
 ModelPatch = Callable[["GenerationRequest", "ModelView"], "AbstractContextManager[Any] | None"]
 Generate = Callable[["GenerationRequest"], "GenerationResult"]
+
+
+@dataclass(frozen=True)
+class ScriptRunner:
+    """What a running script may use: the engine's own path for each image set, the job, and grid saving.
+
+    ``generate(request)`` takes one queue turn per call (a checkpoint change happens at that turn, never mid-job);
+    ``save_grid(image, infotext, request)`` saves into ``outputs/<mode>-grids/`` when the request saves images.
+    """
+
+    generate: Generate
+    job: Job
+    save_grid: Callable[[Image.Image, str, GenerationRequest], Path | None]
 
 
 @dataclass(frozen=True)
@@ -68,14 +83,14 @@ class ScriptArg:
 class Script:
     """A1111's selectable script (the "Script" dropdown, ``script_name`` + positional ``script_args``).
 
-    ``run(request, args, generate, job)`` makes the images itself through ``generate`` (the engine's own path, one
-    queue turn per call) and returns what the user sees; ``ui(tab)``, when given, builds its own Gradio widgets
-    (one per arg, in order) instead of the generic ones built from ``args``.
+    ``run(request, args, runner)`` makes the images itself through ``runner.generate`` (see ``ScriptRunner``) and
+    returns what the user sees; ``ui(tab)``, when given, builds its own Gradio widgets (one per arg, in order)
+    instead of the generic ones built from ``args``.
     """
 
     title: str
     args: tuple[ScriptArg, ...]
-    run: Callable[[GenerationRequest, list[Any], Generate, Job], GenerationResult]
+    run: Callable[[GenerationRequest, list[Any], ScriptRunner], GenerationResult]
     modes: frozenset[str] = frozenset({"txt2img", "img2img", "inpaint"})
     ui: Callable[[str], Sequence[Any]] | None = None
 
@@ -280,13 +295,23 @@ class EngineHooks:
         names = ", ".join(s.title for s in self.scripts(mode)) or "none installed"
         raise EaselError(f"script '{title}' not found for {mode} (available: {names})")
 
-    def run_script(self, request: GenerationRequest, job: Job, generate: Generate) -> GenerationResult:
-        """Run ``request.script`` with its args; the script calls ``generate`` for each image set it makes."""
+    def run_script(self, request: GenerationRequest, runner: ScriptRunner) -> GenerationResult:
+        """Run ``request.script`` with its args; the script calls ``runner.generate`` for each image set it makes.
+
+        A script's own mistakes (a bug, not a user's bad value) fail the request with a clear message; the
+        extension stays on, since the next request may not reach the bug.
+        """
         assert request.script is not None
         script = self.script(request.script, request.mode)
         args = _script_args(script, list(request.script_args))
         inner = replace(request, script=None, script_args=())
-        return script.run(inner, args, generate, job)
+        try:
+            return script.run(inner, args, runner)
+        except EaselError:
+            raise
+        except Exception as exc:
+            log.exception("script %s failed", script.title)
+            raise EaselError(f"script '{script.title}' failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _script_args(script: Script, given: list[Any]) -> list[Any]:

@@ -8,8 +8,10 @@ import gradio as gr
 
 from pipelines.errors import EaselError
 from webui.context import AppContext
+from webui.extensions_ui import build_extension_tabs
 from webui.image_inputs import wire_send_buttons
 from webui.prompt_tools import wire_prompt_tools
+from webui.tabs.extensions import build_extensions_tab
 from webui.tabs.img2img import build_img2img_tab
 from webui.tabs.inpaint import build_inpaint_tab
 from webui.tabs.networks import build_vae_picker, wire_vae_picker
@@ -78,6 +80,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 build_png_info_tab()
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(ctx)
+            with gr.Tab("Extensions", id="extensions"):
+                build_extensions_tab(ctx)
+            build_extension_tabs(ctx)  # each extension's own tabs, after Easel's
         wire_send_buttons(tabs, [txt2img_output, img2img.output, inpaint.output], img2img.init_image, inpaint.editor)
         wire_vae_picker(app, ctx, vae, refresh)
         wire_prompt_tools(app, ctx, tabs, checkpoint)  # token counters, ↙ read parameters, PNG Info "Send to"

@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow .ckpt/.pt/.bin pickle checkpoints (loaded weights-only); they are refused otherwise",
     )
     models.add_argument("--no-demo", action="store_true", help="do not build the random-weight demo model")
+    models.add_argument(
+        "--extensions-dir",
+        type=Path,
+        default=None,
+        help="user extensions folder, if not extensions/ beside the models folder (Easel's own are in its extensions/)",
+    )
+    models.add_argument("--disable-all-extensions", action="store_true", help="load no extension, built-in or user")
 
     compute = parser.add_argument_group("compute")
     compute.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -79,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra host names the server answers to (DNS names of this machine; IP addresses always work)",
     )
     server.add_argument("--no-api", action="store_true", help="do not serve the /sdapi/v1 REST API")
+    server.add_argument(
+        "--enable-insecure-extension-access",
+        action="store_true",
+        help="allow installing, updating and removing extensions from the UI even when the server is open to the LAN "
+        "(an extension is code that runs on this machine)",
+    )
     server.add_argument(
         "--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="generations that may wait or run at once"
     )
@@ -126,6 +139,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     """The command line (``sys.argv`` when None) as the server's typed configuration; exits on a bad option."""
     args = build_parser().parse_args(argv)
     args.ckpt_dir = args.ckpt_dir or args.models_dir / "Stable-diffusion"
+    args.extensions_dir = args.extensions_dir or args.models_dir.parent / "extensions"
     if args.queue_size < 1:
         build_parser().error("--queue-size must be at least 1")
     if args.session_days <= 0 or not args.login_free_failures >= 1 or args.login_lockout_failures < 1:

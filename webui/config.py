@@ -25,6 +25,8 @@ class ServerConfig:
     ckpt: str | None
     allow_pickle: bool
     no_demo: bool
+    extensions_dir: Path  # resolved: extensions/ beside <models_dir> unless given
+    disable_all_extensions: bool
     # compute
     device: str
     precision: str
@@ -38,6 +40,7 @@ class ServerConfig:
     insecure_no_auth: bool
     allowed_hosts: tuple[str, ...]
     no_api: bool
+    enable_insecure_extension_access: bool
     queue_size: int
     max_upload_mb: float
     session_days: float
@@ -59,6 +62,13 @@ class ServerConfig:
     def bind_host(self) -> str:
         """The address to listen on: ``--listen`` means every interface."""
         return "0.0.0.0" if self.listen else self.host
+
+    @property
+    def extension_admin_allowed(self) -> bool:
+        """Installing/updating/removing extensions: on a loopback-only server, or when explicitly allowed (A1111)."""
+        from webui.security import is_loopback
+
+        return self.enable_insecure_extension_access or is_loopback(self.bind_host)
 
     @property
     def api_enabled(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipelines.extensions.loader import LoadedExtensions
 from pipelines.generate import Engine
 from webui.runner import JobRegistry
 
@@ -14,6 +15,8 @@ class AppContext:
     demo_checkpoint: str | None = None  # name of the random-weight demo checkpoint, when one was built
     jobs: JobRegistry = field(default_factory=JobRegistry)
     skipped_checkpoints: dict[str, str] = field(default_factory=dict)  # name -> why it could not load at start-up
+    extensions: LoadedExtensions | None = None  # None: started without extensions (tests, --disable-all-extensions)
+    extension_admin_allowed: bool = False  # install/update/remove from the UI (see ServerConfig)
 
     def checkpoint_names(self) -> list[str]:
         return [c.name for c in self.engine.manager.checkpoints]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pipelines.errors import EaselError
+from pipelines.extensions.loader import load_extensions
 from pipelines.generate import Engine
 from pipelines.metadata.outputs import remove_unfinished_saves
 from pipelines.models.checkpoints import HashCache
@@ -36,13 +37,26 @@ def build_context(args: ServerConfig) -> AppContext:
         args.allow_pickle,
     )
     folders = NetworkFolders.from_models_dir(args.models_dir, args.embeddings_dir)
+    extensions = None if args.disable_all_extensions else load_extensions(args.extensions_dir)
     engine = Engine(
         manager,
         args.outputs_dir,
         queue=GenerationQueue(args.queue_size),
         networks=NetworkLibrary(folders, manager.hashes, args.allow_pickle),
+        hooks=extensions.hooks if extensions else None,
     )
-    ctx = AppContext(engine, demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None)
+    if extensions is not None:  # the names extensions may offer as choices (X/Y/Z's checkpoint, VAE, styles axes)
+        extensions.catalog.bind(
+            checkpoints=lambda: [c.name for c in manager.checkpoints],
+            vaes=engine.networks.vae_files,
+            styles=engine.styles.names,
+        )
+    ctx = AppContext(
+        engine,
+        demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None,
+        extensions=extensions,
+        extension_admin_allowed=args.extension_admin_allowed,
+    )
     if args.ckpt:  # asked for by name: starting on another model instead would make images from the wrong one
         log.info("loading %s", args.ckpt)
         try:

@@ -62,6 +62,32 @@ class Contributions:
     settings: list[Setting] = field(default_factory=list)
 
 
+class Catalog:
+    """Read-only names of what is installed (checkpoints, VAEs, styles), for an extension's choices.
+
+    Bound by the server once the engine exists (``bind``); until then, and in tests without one, the lists are empty.
+    """
+
+    def __init__(self) -> None:
+        self._sources: dict[str, Callable[[], Sequence[str]]] = {}
+
+    def bind(self, **sources: Callable[[], Sequence[str]]) -> None:
+        self._sources.update(sources)
+
+    def _names(self, kind: str) -> list[str]:
+        source = self._sources.get(kind)
+        return list(source()) if source else []
+
+    def checkpoints(self) -> list[str]:
+        return self._names("checkpoints")
+
+    def vaes(self) -> list[str]:
+        return self._names("vaes")
+
+    def styles(self) -> list[str]:
+        return self._names("styles")
+
+
 def extension_value(request: Any, name: str) -> Any:
     """A request's value of the extension field ``<owner>.<field>`` (its default when the request sets none)."""
     owner, short = name.split(".", 1)
@@ -90,8 +116,10 @@ class ExtensionContext:
         priority: int = 100,
         settings: Mapping[str, Any] | None = None,
         registry: FieldRegistry = FIELDS,
+        catalog: Catalog | None = None,
     ) -> None:
         self.name = name
+        self.catalog = Catalog() if catalog is None else catalog  # names of installed models, VAEs, styles
         self.folder = folder  # the extension's own folder: for its data files, read-only by convention
         self.log = logging.getLogger(f"easel.extensions.{name}")
         self._registry = registry

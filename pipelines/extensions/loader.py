@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import EaselError
-from pipelines.extensions.context import Contributions, ExtensionContext
+from pipelines.extensions.context import Catalog, Contributions, ExtensionContext
 from pipelines.extensions.manifest import MANIFEST, Manifest, read_manifest
 from pipelines.extensions.state import ExtensionState
 from pipelines.fields import FIELDS, FieldRegistry
@@ -67,8 +67,10 @@ class LoadedExtensions:
         user_dir: Path | None,
         builtin_dir: Path,
         registry: FieldRegistry = FIELDS,
+        catalog: Catalog | None = None,
     ) -> None:
         self.records = sorted(records, key=lambda r: r.sort_key)
+        self.catalog = Catalog() if catalog is None else catalog  # the server binds it to the engine's lists
         self.state = state
         self.user_dir = user_dir
         self.builtin_dir = builtin_dir
@@ -138,20 +140,24 @@ def load_extensions(
     if state is None:
         state = ExtensionState.beside(user_dir if user_dir is not None else builtin_dir)
     records = discover(user_dir, builtin_dir, state)
+    catalog = Catalog()
     for record in sorted(records, key=lambda r: r.sort_key):
         if record.enabled and record.error is None and record.manifest is not None:
-            _load(record, record.manifest, state, registry)
+            _load(record, record.manifest, state, registry, catalog)
     loaded = [r.name for r in records if r.loaded]
     log.info("extensions loaded: %s", ", ".join(loaded) or "none")
-    return LoadedExtensions(records, state, user_dir, builtin_dir, registry)
+    return LoadedExtensions(records, state, user_dir, builtin_dir, registry, catalog)
 
 
-def _load(record: ExtensionRecord, manifest: Manifest, state: ExtensionState, registry: FieldRegistry) -> None:
+def _load(
+    record: ExtensionRecord, manifest: Manifest, state: ExtensionState, registry: FieldRegistry, catalog: Catalog
+) -> None:
     """Import the entry point as a package of its own and run ``setup(ctx)``; on any failure undo and record."""
     folder = record.folder.resolve()
     entry = (folder / manifest.entry).resolve()
     module_name = MODULE_PREFIX + manifest.name
-    ctx = ExtensionContext(manifest.name, folder, manifest.priority, state.settings(manifest.name), registry)
+    settings = state.settings(manifest.name)
+    ctx = ExtensionContext(manifest.name, folder, manifest.priority, settings, registry, catalog)
     try:
         if not entry.is_relative_to(folder) or not entry.is_file():
             raise EaselError(f"entry point {manifest.entry} not found in {folder.name}/")
