@@ -136,3 +136,20 @@ def test_z_axis_gives_a_grid_per_value_and_bad_args_are_clear(engine: Engine) ->
         engine.generate(tiny(script="nope"))
     with pytest.raises(EaselError, match="did not find 'green'"):
         engine.generate(tiny(script="x/y/z plot", script_args=xyz_args([7, "green, blue", []])))
+
+
+def test_prompts_from_file_runs_a_generation_per_line(engine: Engine) -> None:
+    text = 'a lighthouse\n--prompt "a tall ship" --steps 1 --seed 40 --negative_prompt "fog"\n\n'
+    text += "--prompt castle --n_iter 2\n"
+    args = [True, False, "end", text]  # iterate seeds, not one seed for all, the lines' prompts after the tab's
+    script = "Prompts from file or textbox"
+    result = engine.generate(tiny(prompt="oil painting", seed=7, script=script, script_args=args))
+    fields = [parse_infotext(t) for t in result.infotexts]
+    prompts = ["oil painting a lighthouse", "oil painting a tall ship", "oil painting castle", "oil painting castle"]
+    assert [f["Prompt"] for f in fields] == prompts
+    assert [f["Seed"] for f in fields] == ["7", "40", "9", "10"]  # iterated per line; a line's own seed wins
+    assert fields[1]["Steps"] == "1" and fields[1]["Negative prompt"] == "fog" and fields[0]["Steps"] == "2"
+    with pytest.raises(EaselError, match="line 1: unknown option --nope"):
+        engine.generate(tiny(script=script, script_args=[False, False, "start", "--nope 1"]))
+    with pytest.raises(EaselError, match="line 2: --tiling is not supported"):
+        engine.generate(tiny(script=script.lower(), script_args=[False, False, "start", "a\n--tiling true"]))
