@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.extensions.loader import ExtensionRecord
+from pipelines.fields import FIELDS
 from pipelines.hooks import Script
 from webui import field_widgets
 from webui.context import AppContext
@@ -80,6 +81,9 @@ def build_extension_inputs(ctx: AppContext, tab: str) -> ExtensionInputs:
                 _failed(record, f"its {tab} accordion", exc)
                 continue
             for short, component in built.items():
+                if f"{record.name}.{short}" not in FIELDS:  # its value would make every request fail
+                    log.error("extension %s: accordion widget %r is no field of it; left out", record.name, short)
+                    continue
                 inputs.fields[(record.name, short)] = component
     hooks = ctx.engine.hooks
     scripts = hooks.scripts(tab) if tab in SCRIPT_TABS else []
