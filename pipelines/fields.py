@@ -12,7 +12,7 @@ No gradio here: a ``Widget`` is a plain description that ``webui.field_widgets``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +155,42 @@ class FieldRegistry:
             raise EaselError(f"API field '{item.api}' of '{item.name}' is already '{clash.name}'")
         self._fields[item.name] = item
         return item
+
+    def remove_owner(self, owner: str) -> list[RequestField]:
+        """Take an extension's fields out again (its setup failed, or a test is done with it); core ones stay."""
+        if owner == CORE:
+            raise EaselError("the core fields cannot be removed")
+        gone = self.owned_by(owner)
+        for item in gone:
+            del self._fields[item.name]
+        return gone
+
+    def extension_values(self, values: Any) -> dict[str, dict[str, Any]]:
+        """``{extension: {field: value}}`` coerced and checked against the registered fields (unknown ones refused).
+
+        Extension values travel in ``GenerationRequest.extensions`` since a request has no attribute of theirs.
+        """
+        if not values:
+            return {}
+        if not isinstance(values, Mapping):
+            raise EaselError("extension values must be an object of {extension: {field: value}}")
+        checked: dict[str, dict[str, Any]] = {}
+        for owner, fields in values.items():
+            if not self.owned_by(str(owner)):
+                raise EaselError(f"extension '{owner}' is not installed or not enabled")
+            if not isinstance(fields, Mapping):
+                raise EaselError(f"values of extension '{owner}' must be an object of {{field: value}}")
+            own: dict[str, Any] = {}
+            for short, value in fields.items():
+                name = f"{owner}.{short}"
+                if name not in self._fields:
+                    known = ", ".join(f.name.split(".", 1)[1] for f in self.owned_by(str(owner)))
+                    raise EaselError(f"extension '{owner}' has no field '{short}' (it has: {known})")
+                item = self._fields[name]
+                own[str(short)] = item.coerce(value)
+                item.check(own[str(short)])
+            checked[str(owner)] = own
+        return checked
 
     def __iter__(self) -> Iterator[RequestField]:
         return iter(self._fields.values())

@@ -17,6 +17,7 @@ from pipelines.conditioning.scheduled import ScheduledConditioning, encode_condi
 from pipelines.conditioning.styles import StyleLibrary, StylesFileError
 from pipelines.errors import EaselError
 from pipelines.fields import FIELDS
+from pipelines.hooks import EngineHooks, ModelView, ScriptRunner
 from pipelines.imaging.inpaint import InpaintPlan, finish_inpaint, prepare_img2img, prepare_inpaint
 from pipelines.imaging.latents import decode_latents
 from pipelines.metadata.filenames import SaveOptions, filename_tags
@@ -106,6 +107,7 @@ class Engine:
         queue: GenerationQueue | None = None,
         networks: NetworkLibrary | None = None,
         upscalers: UpscalerLibrary | None = None,
+        hooks: EngineHooks | None = None,
     ) -> None:
         # ``is None``, never ``or``: an empty GenerationQueue has length 0 and is falsy, and ``queue or ...`` once
         # replaced the caller's (--queue-size) queue with a default one.
@@ -121,6 +123,7 @@ class Engine:
             upscalers = UpscalerLibrary(UpscalerFolders.beside(manager.checkpoints_dir), manager.device, manager.dtype)
         self.upscalers = upscalers  # model upscalers (Extras, hires fix), run on this engine's device
         self.queue = GenerationQueue() if queue is None else queue  # shared by the UI and the API: one line per device
+        self.hooks = EngineHooks() if hooks is None else hooks  # the loaded extensions' (pipelines/hooks.py)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _target_checkpoint(self, request: GenerationRequest) -> str:
@@ -182,11 +185,14 @@ class Engine:
     # -- the one path ------------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Validate, switch model if asked, run every batch, save. Raises EaselError for bad input."""
-        request = request.validated(self.upscalers.hires_names() if request.enable_hr else None)
+        job = Job() if job is None else job
+        if request.script is not None:  # a script makes its images through this same path, one call per set
+            return self._run_script(request, job)  # unvalidated: it decides about -1 seeds (X/Y/Z's "keep -1")
+        hires_names = self.upscalers.hires_names() if request.enable_hr else None
+        request = self.hooks.before_request(request.validated(hires_names)).validated(hires_names)
         if request.vae is None and self.settings.sd_vae:
             request = replace(request, vae=self.settings.sd_vae)
         request, styles, notes = self._styled(request)
-        job = Job() if job is None else job
         job.plan(request.batch_count)
         with self.queue.place(job) as place:  # EaselError when the line is full
             if request.checkpoint:
@@ -200,6 +206,25 @@ class Engine:
         result.warnings[:0] = notes
         result.styles = styles
         return result
+
+    def _run_script(self, request: GenerationRequest, job: Job) -> GenerationResult:
+        """A selected script; a checkpoint axis's last model is switched back to the request's own, as A1111 does."""
+        before = self.manager.active.info.name if self.manager.active else None
+        when = datetime.now()
+
+        def save_grid(image: Image.Image, text: str, inner: GenerationRequest) -> Path | None:
+            if not (inner.save and self.settings.save_outputs):
+                return None
+            return save_image(image, self.outputs_dir, f"{inner.mode}-grids", inner.seed, text, when)
+
+        runner = ScriptRunner(lambda inner: self.generate(inner, job), job, save_grid)
+        try:
+            return self.hooks.run_script(request, runner)
+        finally:
+            target = request.checkpoint or before
+            after = self.manager.active.info.name if self.manager.active else None
+            if target is not None and after != target:
+                self.switch_checkpoint(target)
 
     def _styled(self, request: GenerationRequest) -> tuple[GenerationRequest, tuple[str, ...], list[str]]:
         """Styles applied once, here: the styled request, the names applied (for the result), what the user must know.
@@ -241,6 +266,7 @@ class Engine:
                         refiner = stack.enter_context(self.manager.borrowed(request.refiner_checkpoint))
                         _check_refiner(active, refiner)
                     worn = stack.enter_context(self.networks.applied(active, request, device, dtype))
+                    stack.enter_context(self.hooks.model_patches(request, self._model_view(active)))
                     result = self._run(request, active, job, worn, refiner)
             except BaseException:
                 job.set_status("failed")
@@ -250,6 +276,10 @@ class Engine:
                     self.manager.activate(previous)  # still under the lock: no other job sees the override
             job.set_status("interrupted" if result.interrupted else "done")
             return result
+
+    def _model_view(self, active: ActiveModel) -> ModelView:
+        m = active.model
+        return ModelView(m.family, m.unet, m.vae, tuple(m.text_encoders), self.manager.device, self.manager.dtype)
 
     def _run(
         self,
@@ -289,6 +319,9 @@ class Engine:
             batch_images = decode_latents(active.model.vae, latents)
             if plan is not None:
                 batch_images = [finish_inpaint(plan, image) for image in batch_images]
+            pairs = zip(batch_images, batch_seeds, strict=True)
+            batch_images = [self.hooks.after_image(request, image, seed) for image, seed in pairs]
+            self.hooks.after_batch(request, batch_images, batch_seeds)
             for image, seed in zip(batch_images, batch_seeds, strict=True):
                 text = self.infotext(request, active, seed, extra)
                 if request.save and self.settings.save_outputs:
@@ -521,9 +554,8 @@ class Engine:
             if job.interrupted or job.take_skip():
                 state.stop = True
 
-        hooks = SamplingHooks(after_step=[after_step])
-        if run.keep is not None:
-            hooks.after_guidance.append(run.blend)
+        own = SamplingHooks(after_step=[after_step], after_guidance=[run.blend] if run.keep is not None else [])
+        hooks = self.hooks.sampling_hooks(request, own)  # the engine's first, then each extension's, isolated
         total, start = run.schedule_steps()
         init = None if run.init_latents is None else run.init_latents.to(device, torch.float32)
         image_conditioning = None if run.image_conditioning is None else run.image_conditioning.to(device)

@@ -6,6 +6,7 @@ import random
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -85,6 +86,11 @@ class GenerationRequest:
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
     extra_params: dict[str, object] = field(default_factory=dict)
+    # extensions: their fields' values ({extension: {field: value}}, see FIELDS.extension_values) and the selected
+    # A1111-style script with its positional args (None: plain generation)
+    extensions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    script: str | None = None
+    script_args: tuple[Any, ...] = ()
 
     def validated(self, hires_upscalers: Collection[str] | None = None) -> GenerationRequest:
         """A copy with names canonical and a concrete seed; raises EaselError naming what is wrong.
@@ -131,6 +137,8 @@ class GenerationRequest:
             self,
             **hires,
             subseed=subseed,
+            extensions=FIELDS.extension_values(self.extensions),
+            script_args=tuple(self.script_args or ()),
             styles=tuple(self.styles or ()),
             sampler=sampler,
             schedule_type=match,

@@ -182,7 +182,8 @@ def test_listing_endpoints_have_a1111_shapes(api: webuiapi.WebUIApi, server) -> 
     assert [lora["name"] for lora in api.get_loras()] == ["tiny-style"]
     assert [vae["model_name"] for vae in api.get_sd_vae()] == ["tiny-vae.safetensors"]
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
-    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    scripts = api.get_scripts()  # the built-in extensions' scripts (A1111's lower-cased titles)
+    assert "x/y/z plot" in scripts["txt2img"] and "x/y/z plot" in scripts["img2img"]
     memory = api.get_memory()
     assert memory["ram"]["total"] >= memory["ram"]["free"] > 0 and "cuda" in memory
     flags = api.get_cmd_flags()
@@ -331,7 +332,8 @@ def _bomb_png() -> bytes:
         ("txt2img", payload(scheduler="polyexponential"), 422, "schedule"),
         ("txt2img", payload(seed=2**40), 422, "Seed"),
         ("txt2img", payload(override_settings={"sd_model_checkpoint": "missing"}), 422, "no checkpoint named"),
-        ("txt2img", payload(script_name="x/y/z plot"), 422, "script"),
+        ("txt2img", payload(script_name="no such script"), 422, "script 'no such script' not found"),
+        ("txt2img", payload(script_name="x/y/z plot", script_args=[99]), 422, "axis type 99 is out of range"),
         ("txt2img", [1, 2, 3], 422, ""),
         ("img2img", payload(), 422, "init_images"),
         ("img2img", payload(init_images=["not base64 at all!"]), 422, "base64"),

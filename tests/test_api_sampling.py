@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-import sd_backend_client  # noqa: E402
+import sd_backend_client
 from PIL import Image
 
 from pipelines.metadata.infotext import parse_infotext

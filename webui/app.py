@@ -8,9 +8,11 @@ import gradio as gr
 
 from pipelines.errors import EaselError
 from webui.context import AppContext
+from webui.extensions_ui import build_extension_tabs
 from webui.image_inputs import wire_send_buttons
 from webui.prompt_tools import wire_prompt_tools
 from webui.queue_panel import build_queue_panel
+from webui.tabs.extensions import build_extensions_tab
 from webui.tabs.extras import build_extras_tab
 from webui.tabs.history import build_history_tab
 from webui.tabs.img2img import build_img2img_tab
@@ -94,6 +96,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 build_history_tab(ctx, history_tab)
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(ctx, app)
+            with gr.Tab("Extensions", id="extensions"):
+                build_extensions_tab(ctx)
+            build_extension_tabs(ctx)  # each extension's own tabs, after Easel's
         panels = [txt2img_output, img2img.output, inpaint.output, extras]
         wire_send_buttons(tabs, panels, img2img.init_image, inpaint.editor)
         wire_vae_picker(app, ctx, vae, refresh)

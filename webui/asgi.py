@@ -22,6 +22,7 @@ from webui.api import ApiSettings, build_api_router, install_error_handlers, pub
 from webui.api.routes_easel import build_easel_router
 from webui.config import ServerConfig
 from webui.context import AppContext
+from webui.extensions_ui import mount_extension_routes
 from webui.security import SecurityMiddleware, SecuritySettings, is_loopback, lan_addresses
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def build_server_app(
         install_error_handlers(app)
         app.include_router(build_api_router(ctx, ApiSettings(cmd_flags=public_cmd_flags(config), store=ctx.settings)))
         app.include_router(build_easel_router(ctx))  # /easel/history, /easel/queue
+    mount_extension_routes(app, ctx)  # /<extension>/..., inside the security middleware like everything else
 
     # Gradio's own line only feeds the engine's (the one that is bounded and shown): it just must not be shorter.
     blocks.queue(default_concurrency_limit=1, max_size=max(64, 2 * ctx.engine.queue.max_size))

@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let the Extras tab read a folder on the server (batch from folder) even under --listen",
     )
+    models.add_argument(
+        "--extensions-dir",
+        type=Path,
+        default=None,
+        help="user extensions folder, if not extensions/ beside the models folder (Easel's own are in its extensions/)",
+    )
+    models.add_argument("--disable-all-extensions", action="store_true", help="load no extension, built-in or user")
 
     compute = parser.add_argument_group("compute")
     compute.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -118,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra host names the server answers to (DNS names of this machine; IP addresses always work)",
     )
     server.add_argument("--no-api", action="store_true", help="do not serve the /sdapi/v1 REST API")
+    server.add_argument(
+        "--enable-insecure-extension-access",
+        action="store_true",
+        help="allow installing, updating and removing extensions from the UI even when the server is open to the LAN "
+        "(an extension is code that runs on this machine)",
+    )
     server.add_argument(
         "--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="generations that may wait or run at once"
     )
@@ -174,6 +187,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     args.data_dir = args.data_dir or args.models_dir.parent
     if args.tls_self_signed and (args.tls_certfile or args.tls_keyfile):
         build_parser().error("--tls-self-signed makes its own certificate: leave out --tls-certfile/--tls-keyfile")
+    args.extensions_dir = args.extensions_dir or args.models_dir.parent / "extensions"
     if args.queue_size < 1:
         build_parser().error("--queue-size must be at least 1")
     if args.admin and not (args.auth or args.auth_file):

@@ -33,6 +33,8 @@ class ServerConfig:
     dat_models_path: Path | None
     hat_models_path: Path | None
     allow_server_folders: bool
+    extensions_dir: Path  # resolved: extensions/ beside <models_dir> unless given
+    disable_all_extensions: bool
     # compute
     device: str
     precision: str
@@ -47,6 +49,7 @@ class ServerConfig:
     insecure_no_auth: bool
     allowed_hosts: tuple[str, ...]
     no_api: bool
+    enable_insecure_extension_access: bool
     queue_size: int
     max_upload_mb: float
     session_days: float
@@ -74,6 +77,13 @@ class ServerConfig:
     def server_folders_allowed(self) -> bool:
         """Batch from a server folder: always on this machine only; on a LAN only with --allow-server-folders."""
         return self.allow_server_folders or not self.listen
+
+    @property
+    def extension_admin_allowed(self) -> bool:
+        """Installing/updating/removing extensions: on a loopback-only server, or when explicitly allowed (A1111)."""
+        from webui.security import is_loopback
+
+        return self.enable_insecure_extension_access or is_loopback(self.bind_host)
 
     @property
     def api_enabled(self) -> bool:

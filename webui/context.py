@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipelines.extensions.loader import LoadedExtensions
 from pipelines.generate import Engine
 from pipelines.metadata.history import OutputHistory
 from pipelines.settings_store import SettingsStore
@@ -32,6 +33,9 @@ class AppContext:
     def save_settings(self) -> None:
         """Write the engine's settings and checkpoint to config.json (after any change the UI applied)."""
         self.settings.record(self.engine)
+
+    extensions: LoadedExtensions | None = None  # None: started without extensions (tests, --disable-all-extensions)
+    extension_admin_allowed: bool = False  # install/update/remove from the UI (see ServerConfig)
 
     def checkpoint_names(self) -> list[str]:
         return [c.name for c in self.engine.manager.checkpoints]

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.fields import FIELDS, RequestField
+from pipelines.fields import FIELDS, RequestField, Widget
 
 
 def elem_id(tab: str, field: RequestField) -> str:
@@ -35,7 +35,15 @@ def build(name: str, tab: str, **overrides: Any) -> gr.components.Component:
     spec = field.widget
     assert spec is not None, f"field '{name}' declares no widget"
     value = overrides.pop("value", field.default)
-    common: dict[str, Any] = {"label": spec.label, "elem_id": elem_id(tab, field), **overrides}
+    if spec.index and spec.choices is not None and value is not None:
+        value = widget_value(field, value)
+    return from_widget(spec, value, elem_id(tab, field), **overrides)
+
+
+def from_widget(spec: Widget, value: Any, elem: str, **overrides: Any) -> gr.components.Component:
+    """A component from a widget description alone (a script's arg has no field); index choices show as labels."""
+    given = overrides.pop("choices", None)  # a list only the app knows (the hires upscalers with the models)
+    common: dict[str, Any] = {"label": spec.label, "elem_id": elem, **overrides}
     if spec.kind == "slider":
         return gr.Slider(spec.minimum, spec.maximum, value=value, step=spec.step, **common)
     if spec.kind == "number":
@@ -44,13 +52,17 @@ def build(name: str, tab: str, **overrides: Any) -> gr.components.Component:
         return gr.Checkbox(bool(value), **common)
     if spec.kind == "textbox":
         return gr.Textbox(value=value or "", lines=spec.lines, **common)
-    given = overrides.pop("choices", None)  # a list only the app knows (the hires upscalers with the models)
     choices: Sequence[str] = given if given is not None else (spec.choices() if spec.choices else ())
-    shown = widget_value(field, value)
-    if shown is None and choices:
+    shown = value
+    if spec.index and isinstance(value, int) and not isinstance(value, bool):
+        shown = choices[value] if 0 <= value < len(choices) else (choices[0] if choices else None)
+    if shown is None and choices and spec.kind != "multiselect":
         shown = choices[0]
+    kind = "index" if spec.index else "value"
     if spec.kind == "dropdown":
-        return gr.Dropdown(list(choices), value=shown, type="index" if spec.index else "value", **common)
+        return gr.Dropdown(list(choices), value=shown, type=kind, **common)
+    if spec.kind == "multiselect":
+        return gr.Dropdown(list(choices), value=list(shown or []), multiselect=True, **common)
     if spec.kind == "radio":
-        return gr.Radio(list(choices), value=shown, type="index" if spec.index else "value", **common)
-    raise ValueError(f"unknown widget kind '{spec.kind}' for field '{name}'")
+        return gr.Radio(list(choices), value=shown, type=kind, **common)
+    raise ValueError(f"unknown widget kind '{spec.kind}' for '{elem}'")

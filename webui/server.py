@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pipelines.errors import EaselError
+from pipelines.extensions.loader import load_extensions
 from pipelines.generate import Engine
 from pipelines.metadata.outputs import remove_unfinished_saves
 from pipelines.models.checkpoints import HashCache
@@ -38,19 +39,29 @@ def build_context(args: ServerConfig) -> AppContext:
         args.allow_pickle,
     )
     folders = NetworkFolders.from_models_dir(args.models_dir, args.embeddings_dir)
+    extensions = None if args.disable_all_extensions else load_extensions(args.extensions_dir)
     engine = Engine(
         manager,
         args.outputs_dir,
         queue=GenerationQueue(args.queue_size),
         networks=NetworkLibrary(folders, manager.hashes, args.allow_pickle),
         upscalers=UpscalerLibrary(upscaler_folders(args), device, manager.dtype),
+        hooks=extensions.hooks if extensions else None,
     )
+    if extensions is not None:  # the names extensions may offer as choices (X/Y/Z's checkpoint, VAE, styles axes)
+        extensions.catalog.bind(
+            checkpoints=lambda: [c.name for c in manager.checkpoints],
+            vaes=engine.networks.vae_files,
+            styles=engine.styles.names,
+        )
     store = SettingsStore.open(args.data_dir, args.ui_settings_file)
     ctx = AppContext(
         engine,
         demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None,
         server_folders=args.server_folders_allowed,
         settings=store,
+        extensions=extensions,
+        extension_admin_allowed=args.extension_admin_allowed,
     )
     ctx.admins = frozenset(args.admin)
     store.restore(engine)  # bad values are skipped, logged and listed in store.warnings (the UI shows them)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.fields import FIELDS, HIRES_INFOTEXT_KEYS, RequestField
+from pipelines.fields import CORE, FIELDS, HIRES_INFOTEXT_KEYS, RequestField
 from pipelines.metadata.infotext import parse_infotext
 
 
@@ -33,6 +33,7 @@ class InfotextFields:
     skipped: dict[str, str] = field(default_factory=dict)  # infotext key -> why
     model_name: str | None = None
     model_hash: str | None = None
+    extensions: dict[str, dict[str, Any]] = field(default_factory=dict)  # extension fields: {owner: {field: value}}
 
 
 def request_from_infotext(source: str | Mapping[str, str]) -> InfotextFields:
@@ -46,10 +47,15 @@ def request_from_infotext(source: str | Mapping[str, str]) -> InfotextFields:
             continue
         raw = fields[key] if item.kind is str else fields[key].strip()
         try:
-            kwargs[item.name] = _read(item, raw)
+            value = _read(item, raw)
         except ValueError as exc:
             numeric = item.kind in (int, float)
             out.skipped[key] = f"'{raw}' is not a number" if numeric else str(exc)
+            continue
+        if item.owner == CORE:
+            kwargs[item.name] = value
+        else:  # a request has no attribute of an extension's: its values travel in ``extensions``
+            out.extensions.setdefault(item.owner, {})[item.name.split(".", 1)[1]] = value
     if any(key in fields for key in HIRES_INFOTEXT_KEYS):
         kwargs["enable_hr"] = True
     if "Seed" in out.skipped or "Variation seed" in out.skipped:

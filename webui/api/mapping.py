@@ -22,6 +22,7 @@ from pipelines.metadata.infotext_request import request_from_infotext, resolve_c
 from pipelines.requests import GenerationRequest, GenerationResult
 from webui.api.checks import MAX_REQUEST_PIXELS, check_pixel_budget, decode_image
 from webui.api.models import ExtrasBase, GenerationFields, Img2ImgRequest
+from webui.api.scripts import alwayson_values
 
 # GenerationRequest field -> the A1111 payload field that sets it
 _PAYLOAD_NAMES = {f.name: f.api for f in FIELDS if f.api}
@@ -69,8 +70,6 @@ def _clip_skip(overrides: dict[str, Any], defaults: dict[str, Any]) -> int:
 
 def _common_kwargs(req: GenerationFields, mode: str, defaults: dict[str, Any]) -> dict[str, Any]:
     """The fields every mode has, with A1111's defaults for nulls."""
-    if req.script_name:
-        raise EaselError(f"script '{req.script_name}' not found: Easel has no scripts")
     overrides = req.override_settings or {}
     checkpoint = overrides.get("sd_model_checkpoint")
     if checkpoint is not None and not isinstance(checkpoint, str):
@@ -83,6 +82,9 @@ def _common_kwargs(req: GenerationFields, mode: str, defaults: dict[str, Any]) -
         "restore_checkpoint": bool(checkpoint) and req.override_settings_restore_afterwards is not False,
         "clip_skip": _clip_skip(overrides, defaults),
         "save": bool(req.save_images) and not req.do_not_save_samples,
+        "script": req.script_name or None,  # the engine finds it (case-insensitively) or says which exist
+        "script_args": tuple(req.script_args or ()),
+        "extensions": alwayson_values(req.alwayson_scripts, mode),
     }
     kwargs.setdefault("sampler", req.sampler_index or "Euler")  # A1111's deprecated name, then its default
     for key, name in OVERRIDE_FIELDS.items():  # A1111's per-request settings that are request fields here
@@ -104,6 +106,7 @@ def _img2img_kwargs(req: Img2ImgRequest, max_pixels: int) -> dict[str, Any]:
     if req.mask:
         kwargs.update(FIELDS.from_payload("img2img", req, ["inpaint"]))
         kwargs["mode"] = "inpaint"
+        kwargs["extensions"] = alwayson_values(req.alwayson_scripts, "inpaint")
         kwargs["mask"] = decode_image(req.mask, "mask", max_pixels)
         kwargs["mask_blur"] = req.mask_blur if req.mask_blur is not None else value_or(req.mask_blur_x, 4)
     return kwargs
@@ -138,6 +141,10 @@ def _fill_from_infotext(
                 merged[name] = value
         elif _PAYLOAD_NAMES.get(name, name) not in given:
             merged[name] = value
+    extensions = dict(merged.get("extensions", {}))
+    for owner, values in parsed.extensions.items():  # extension fields the payload's alwayson_scripts left unset
+        extensions[owner] = {**values, **extensions.get(owner, {})}
+    merged["extensions"] = extensions
     if merged.get("checkpoint") is None and find_checkpoint is not None:
         merged["checkpoint"] = resolve_checkpoint(find_checkpoint, parsed.model_name, parsed.model_hash)
     return merged

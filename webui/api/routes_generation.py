@@ -14,6 +14,8 @@ from pipelines.runtime.queue_view import job_label
 from webui.api.config import ApiSettings
 from webui.api.mapping import encode_png, generation_info, to_generation_request, value_or
 from webui.api.models import GenerationFields, GenerationResponse, Img2ImgRequest, ScriptsList, Txt2ImgRequest
+from webui.api.scripts import script_info as script_details
+from webui.api.scripts import script_lists
 from webui.users import api_user
 
 
@@ -48,10 +50,10 @@ def build_generation_router(engine: Engine, settings: ApiSettings) -> APIRouter:
 
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        return script_lists(engine.hooks)
 
     @router.get("/script-info")
     def script_info() -> list[dict[str, Any]]:
-        return []
+        return script_details(engine.hooks)
 
     return router

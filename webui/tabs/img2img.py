@@ -17,6 +17,7 @@ from webui.components import (
     values_to_kwargs,
 )
 from webui.context import AppContext
+from webui.extensions_ui import build_extension_inputs, request_kwargs
 from webui.field_widgets import build
 from webui.image_inputs import read_image
 from webui.runner import session_of
@@ -48,6 +49,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
             resize_mode = build("resize_mode", "img2img")
             denoising = build("denoising_strength", "img2img")
             panel = build_param_panel("img2img", checkpoints=ctx.checkpoint_names())
+            ext = build_extension_inputs(ctx, "img2img")
         with gr.Column(scale=1):
             out = build_output_panel("img2img")
 
@@ -71,8 +73,9 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
             checkpoint=checkpoint_name or None,
             init_image=init,
             **FIELDS.from_values(("resize_mode", "denoising_strength"), (resize, denoising_strength)),
-            **values_to_kwargs(values[:-1]),
-            **(values[-1] or {}),  # the networks state: last, so the API's positional parameters stay as they were
+            **values_to_kwargs(values[:-2]),
+            **(values[-2] or {}),  # the networks State, then the extensions': States keep the API's parameters
+            **request_kwargs(values[-1]),
         )
         yield from result_updates(ctx, request_obj, session_of(request), ui_user(request))
 
@@ -85,6 +88,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
         denoising,
         *panel.inputs(),
         networks.state,
+        ext.state,
     ]
     header.generate.click(run, inputs, out.outputs(), api_name="img2img", concurrency_limit=None)
     panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)

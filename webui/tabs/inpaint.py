@@ -25,6 +25,7 @@ from webui.components import (
     values_to_kwargs,
 )
 from webui.context import AppContext
+from webui.extensions_ui import build_extension_inputs, request_kwargs
 from webui.field_widgets import build
 from webui.image_inputs import editor_background, editor_mask, editor_value
 from webui.runner import session_of
@@ -114,6 +115,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
                         "Outpaint", variant="primary", elem_id="outpaint_generate", scale=0, min_width=160
                     )
             panel = build_param_panel("inpaint", checkpoints=ctx.checkpoint_names())
+            ext = build_extension_inputs(ctx, "inpaint")
         with gr.Column(scale=1):
             out = build_output_panel("inpaint")
 
@@ -156,9 +158,10 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
     ):
         init = editor_background(image)
         mask = editor_mask(image, uploaded_mask)
-        values, network_values = values[:-1], values[-1]  # the networks state comes last: the API keeps its order
+        # the networks and extensions States come last: the API keeps its positional order
+        values, network_values, ext_values = values[:-2], values[-2], values[-1]
         base = widget_request(checkpoint_name, prompt, negative, blur, pad, invert, area, content, strength, values)
-        request_obj = replace(base, init_image=init, mask=mask, **(network_values or {}))
+        request_obj = replace(base, init_image=init, mask=mask, **(network_values or {}), **request_kwargs(ext_values))
         yield from result_updates(ctx, request_obj, session_of(request), ui_user(request))
 
     def run_outpaint(
@@ -181,10 +184,10 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
         if not chosen:
             raise gr.Error("Choose at least one side to extend (left, right, up or down).")
         amounts = {side: int(amount) if side in chosen else 0 for side in OUTPAINT_SIDES}
-        values, network_values = values[:-1], values[-1]
+        values, network_values, ext_values = values[:-2], values[-2], values[-1]
         base = widget_request(checkpoint_name, prompt, negative, blur, pad, 0, area, 1, strength, values)
         try:
-            base = replace(base, init_image=init, **(network_values or {}))
+            base = replace(base, init_image=init, **(network_values or {}), **request_kwargs(ext_values))
             request_obj = outpaint_request(base, **amounts, fill=fill_mode)
         except EaselError as exc:
             raise gr.Error(str(exc)) from exc
@@ -198,7 +201,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
     inpaint_inputs = [mask_upload, mask_blur, padding, mask_mode, inpaint_area, masked_content, denoising]
     header.generate.click(
         run,
-        [*common, *inpaint_inputs, *panel.inputs(), networks.state],
+        [*common, *inpaint_inputs, *panel.inputs(), networks.state, ext.state],
         out.outputs(),
         api_name="inpaint",
         concurrency_limit=None,
@@ -206,7 +209,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
     outpaint_inputs = [sides, pixels, fill, mask_blur, padding, inpaint_area, denoising]
     outpaint.click(
         run_outpaint,
-        [*common, *outpaint_inputs, *panel.inputs(), networks.state],
+        [*common, *outpaint_inputs, *panel.inputs(), networks.state, ext.state],
         [*out.outputs(), editor],
         api_name="outpaint",
         concurrency_limit=None,

@@ -17,6 +17,7 @@ from webui.components import (
     values_to_kwargs,
 )
 from webui.context import AppContext
+from webui.extensions_ui import build_extension_inputs, request_kwargs
 from webui.runner import progress_html, session_of, stream_generation
 from webui.tabs.generation_extras import build_generation_extras
 from webui.tabs.header import build_tab_header
@@ -55,6 +56,7 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
         with gr.Column(scale=1):
             panel = build_param_panel("txt2img", checkpoints=ctx.checkpoint_names())
             extras = build_generation_extras("txt2img", ctx.engine.upscalers.hires_names())
+            ext = build_extension_inputs(ctx, "txt2img")
         with gr.Column(scale=1):
             out = build_output_panel("txt2img")
 
@@ -67,11 +69,13 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
             **values_to_kwargs(values[:n_params]),
             **(values[n_params] or {}),
             **(values[n_params + 1] or {}),
+            **request_kwargs(values[n_params + 2]),  # extension fields and the chosen script
         )
         yield from result_updates(ctx, request_obj, session_of(request), ui_user(request))
 
     n_params = len(panel.inputs())
     inputs = [checkpoint, prompts.prompt, prompts.negative_prompt, *panel.inputs(), extras.state, networks.state]
+    inputs.append(ext.state)  # States are no API parameters: the endpoint's positional signature stays
     header.generate.click(run, inputs, out.outputs(), api_name="txt2img", concurrency_limit=None)
     panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)
     return out
