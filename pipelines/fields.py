@@ -105,6 +105,10 @@ class RequestField:
         """A widget's or a payload's value as this field's type (None: the default); EaselError when it is not."""
         if value is None:
             return self.default
+        if self.kind is dict:  # an extension's structured value (a ControlNet unit): its own hooks check the rest
+            if not isinstance(value, Mapping):
+                raise EaselError(f"{self.title} must be an object of named values (got {type(value).__name__})")
+            return dict(value)
         try:
             if self.kind is bool:
                 return bool(value)

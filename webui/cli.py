@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="user extensions folder, if not extensions/ beside the models folder (Easel's own are in its extensions/)",
     )
     models.add_argument("--disable-all-extensions", action="store_true", help="load no extension, built-in or user")
+    models.add_argument(
+        "--controlnet-dir",
+        type=Path,
+        default=None,
+        help="ControlNet models, if not <models-dir>/ControlNet (point it at sd-webui-controlnet's models/ folder)",
+    )
 
     compute = parser.add_argument_group("compute")
     compute.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -188,6 +194,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     if args.tls_self_signed and (args.tls_certfile or args.tls_keyfile):
         build_parser().error("--tls-self-signed makes its own certificate: leave out --tls-certfile/--tls-keyfile")
     args.extensions_dir = args.extensions_dir or args.models_dir.parent / "extensions"
+    args.controlnet_dir = args.controlnet_dir or args.models_dir / "ControlNet"
     if args.queue_size < 1:
         build_parser().error("--queue-size must be at least 1")
     if args.admin and not (args.auth or args.auth_file):

@@ -35,6 +35,7 @@ class ServerConfig:
     allow_server_folders: bool
     extensions_dir: Path  # resolved: extensions/ beside <models_dir> unless given
     disable_all_extensions: bool
+    controlnet_dir: Path  # resolved: <models_dir>/ControlNet unless given
     # compute
     device: str
     precision: str

@@ -54,6 +54,7 @@ def build_context(args: ServerConfig) -> AppContext:
             vaes=engine.networks.vae_files,
             styles=engine.styles.names,
         )
+        extensions.catalog.bind_model_folders(args.allow_pickle, controlnet=[args.controlnet_dir])
     store = SettingsStore.open(args.data_dir, args.ui_settings_file)
     ctx = AppContext(
         engine,

@@ -70,9 +70,25 @@ class Catalog:
 
     def __init__(self) -> None:
         self._sources: dict[str, Callable[[], Sequence[str]]] = {}
+        self._folders: dict[str, tuple[Path, ...]] = {}
+        self._allow_pickle = False
 
     def bind(self, **sources: Callable[[], Sequence[str]]) -> None:
         self._sources.update(sources)
+
+    def bind_model_folders(self, allow_pickle: bool = False, **folders: Sequence[Path]) -> None:
+        """The server's model folders by kind (``controlnet``: ``--controlnet-dir``) and its ``--allow-pickle``."""
+        self._folders.update({kind: tuple(Path(p) for p in paths) for kind, paths in folders.items()})
+        self._allow_pickle = allow_pickle
+
+    def model_folders(self, kind: str) -> list[Path]:
+        """Where models of ``kind`` live (the extension lists and opens files only inside them); empty if unbound."""
+        return list(self._folders.get(kind, ()))
+
+    @property
+    def allow_pickle(self) -> bool:
+        """Whether the user allowed pickled model files (read weights-only, ``pipelines.models.loader``)."""
+        return self._allow_pickle
 
     def _names(self, kind: str) -> list[str]:
         source = self._sources.get(kind)
@@ -141,12 +157,17 @@ class ExtensionContext:
     ) -> RequestField:
         """Declare a request field ``<extension>.<name>``; ``infotext``: its key in the parameters text.
 
+        ``kind`` dict: a structured value (an object from the API, a dict from the extension's own UI), passed to
+        the hooks as a shallow copy; the extension validates its contents itself.
+
         The infotext key is written only when the value differs from the default, as A1111's extensions do.
         Its widget's elem_id is ``<tab>_<extension>_<name>``. API clients set it through ``alwayson_scripts``.
         """
         full = f"{self.name}.{name}"
-        if kind not in (bool, int, float, str):
-            raise EaselError(f"{full}: a field's kind must be bool, int, float or str")
+        if kind not in (bool, int, float, str, dict):
+            raise EaselError(f"{full}: a field's kind must be bool, int, float, str or dict")
+        if kind is dict and (widget is not None or infotext):
+            raise EaselError(f"{full}: a dict field has no generic widget or infotext key (build its own UI)")
         if widget is not None and widget.elem != f"{self.name}_{name}":
             widget = replace(widget, elem=f"{self.name}_{name}")
         spec = None

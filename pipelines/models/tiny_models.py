@@ -290,3 +290,52 @@ def save_diffusers_folder(family: str, components: Mapping[str, Any], folder: st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def build_tiny_controlnet(unet: Any, seed: int = 0, scale: float = 0.5) -> Any:
+    """A random-weight ControlNet matching ``unet`` (diffusers' ``from_unet``), its zero-initialised convs made random.
+
+    A fresh ControlNet's zero convolutions add nothing; random ones make its residuals (and their weight, modes and
+    schedule) visible in the image, which is what tests of ControlNet need.
+    """
+    from diffusers import ControlNetModel
+
+    with torch.random.fork_rng(devices=[]):  # the hint encoder's default init: the same model for the same seed
+        torch.manual_seed(seed)
+        model = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
+            block.weight.normal_(0, scale, generator=generator)
+            block.bias.normal_(0, scale * 0.1, generator=generator)
+        # the hint encoder: its last conv starts at zero (the hint would not matter), and with default init its
+        # signal fades layer by layer; He-initialised (variance-preserving through SiLU), the hint shows
+        embedding = model.controlnet_cond_embedding
+        for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
+            fan_in = conv.weight[0].numel()
+            conv.weight.normal_(0, (2.0 / fan_in) ** 0.5, generator=generator)
+            conv.bias.zero_()
+    return model.eval()
+
+
+def save_controlnet_file(model: Any, path: str | os.PathLike[str], layout: str = "ldm") -> Path:
+    """Write a ControlNet as one ``.safetensors`` file, ``ldm`` (``control_model.*``) or ``diffusers`` keys."""
+    from pipelines.models.controlnet import controlnet_to_ldm
+
+    path = Path(path)
+    if layout == "ldm":
+        state = controlnet_to_ldm(model)
+    elif layout == "diffusers":
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    else:
+        raise ValueError(f"unknown ControlNet layout {layout!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,46 @@
+"""ControlNet, built in: up to N units guiding generation, driven as sd-webui-controlnet is.
+
+Request values: fields ``controlnet.unit_0`` ... ``unit_{N-1}`` (kind dict), each one sd-webui-controlnet unit
+(``units.py``), so API clients send ``alwayson_scripts: {"controlnet": {"args": [unit, unit, ...]}}`` exactly as to
+that extension. Models live in ``--controlnet-dir`` (default ``models/ControlNet``); how they run is ``control.py``.
+Routes ``/controlnet/...`` are ``api.py``; the accordion is ``ui.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from pipelines.errors import EaselError
+
+from .control import ControlNetRuntime, find_model
+from .units import MAX_UNITS
+
+VERSION = 3  # sd-webui-controlnet's API version, which clients check
+
+
+def setup(ctx: Any) -> None:
+    count = ctx.setting("unit_count", 3, "ControlNet units per tab")
+    count = min(max(1, count), MAX_UNITS)
+    cache_size = ctx.setting("model_cache_size", 2, "ControlNet models kept in RAM")
+    runtime = ControlNetRuntime(
+        lambda: ctx.catalog.model_folders("controlnet"), lambda: ctx.catalog.allow_pickle, count, max(1, cache_size)
+    )
+    for i in range(count):
+        ctx.field(f"unit_{i}", dict, {}, label=f"ControlNet unit {i}")
+
+    @ctx.before_request
+    def describe(request: Any) -> Any:
+        """Checks the units before the request waits in line, and writes them into the infotext."""
+        _, units = runtime.units(request)
+        if not units:
+            return None
+        extra = dict(request.extra_params)
+        for unit in units:
+            if unit.image is None and request.mode == "txt2img":
+                raise EaselError(f"ControlNet unit {unit.index}: give a control image (or disable the unit)")
+            extra[f"ControlNet {unit.index}"] = unit.describe(find_model(runtime.folders(), unit.model).label)
+        return replace(request, extra_params=extra)
+
+    ctx.model_patch(runtime.patch)
+    ctx.model_call(runtime.model_call)
