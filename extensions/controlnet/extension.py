@@ -44,3 +44,10 @@ def setup(ctx: Any) -> None:
 
     ctx.model_patch(runtime.patch)
     ctx.model_call(runtime.model_call)
+
+    def routes() -> Any:
+        from .api import build_router
+
+        return build_router(runtime)
+
+    ctx.routes(routes)

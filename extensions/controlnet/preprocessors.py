@@ -47,7 +47,7 @@ class Preprocessor:
     def detail(self) -> dict[str, object]:
         sliders: list[dict[str, float | str]] = []
         if self.resolution:
-            sliders.append(Slider("Preprocessor Resolution", 512, 64, 2048).as_detail())
+            sliders.append(Slider("Resolution", 512, 64, 2048).as_detail())  # sd-webui-controlnet names it so
         sliders += [s.as_detail() for s in self.sliders]
         return {"model_free": self.model_free, "sliders": sliders}
 

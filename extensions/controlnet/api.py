@@ -1,0 +1,103 @@
+"""sd-webui-controlnet's REST routes, with its shapes (served under ``/controlnet/``, behind the app's login).
+
+``GET version``, ``model_list``, ``module_list`` (with ``module_detail``), ``control_types``, ``settings``;
+``POST detect`` runs a preprocessor on base64 images. Images are only ever base64 here, never server paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from pipelines.errors import EaselError
+
+from . import preprocessors
+from .control import ControlNetRuntime, list_models
+from .units import load_image
+
+VERSION = 3
+MAX_DETECT_IMAGES = 16
+
+
+class DetectRequest(BaseModel):
+    controlnet_module: str = "none"
+    controlnet_input_images: list[Any] = Field(default_factory=list)
+    controlnet_processor_res: int = 512
+    controlnet_threshold_a: float = 64
+    controlnet_threshold_b: float = 64
+    controlnet_masks: list[Any] | None = None
+    low_vram: bool = False
+
+
+def _png_base64(image: Any) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def build_router(runtime: ControlNetRuntime) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/version")
+    def version() -> dict[str, int]:
+        return {"version": VERSION}
+
+    @router.get("/model_list")
+    def model_list(update: bool = True) -> dict[str, list[str]]:
+        return {"model_list": [m.label for m in list_models(runtime.folders())]}
+
+    @router.get("/module_list")
+    def module_list(alias_names: bool = False) -> dict[str, Any]:
+        names = list(preprocessors.PREPROCESSORS)
+        detail = {name: pre.detail() for name, pre in preprocessors.PREPROCESSORS.items()}
+        return {"module_list": names, "module_detail": detail}
+
+    @router.get("/control_types")
+    def control_types() -> dict[str, Any]:
+        models = ["None", *(m.label for m in list_models(runtime.folders()))]
+        modules = list(preprocessors.PREPROCESSORS)
+        types: dict[str, Any] = {
+            "All": {"module_list": modules, "model_list": models, "default_option": "none", "default_model": "None"}
+        }
+        for title, module in (("Canny", "canny"), ("Scribble", "scribble_threshold"), ("Tile", "tile_resample")):
+            word = title.lower()
+            matching = ["None", *(m for m in models[1:] if word in m.lower())]
+            types[title] = {
+                "module_list": ["none", module],
+                "model_list": matching,
+                "default_option": module,
+                "default_model": matching[1] if len(matching) > 1 else "None",
+            }
+        return {"control_types": types}
+
+    @router.get("/settings")
+    def settings() -> dict[str, int]:
+        return {"control_net_unit_count": runtime.unit_count}
+
+    @router.post("/detect")
+    def detect(body: DetectRequest) -> dict[str, Any]:
+        if not body.controlnet_input_images:
+            raise EaselError("controlnet_input_images: give at least one base64 image")
+        if len(body.controlnet_input_images) > MAX_DETECT_IMAGES:
+            raise EaselError(f"controlnet_input_images: at most {MAX_DETECT_IMAGES} images per request")
+        preprocessors.find(body.controlnet_module)
+        images = []
+        for i, value in enumerate(body.controlnet_input_images):
+            image = load_image(value, f"controlnet_input_images[{i}]")
+            if image is None:
+                raise EaselError(f"controlnet_input_images[{i}]: empty")
+            detected = preprocessors.run(
+                body.controlnet_module,
+                image,
+                body.controlnet_processor_res,
+                body.controlnet_threshold_a,
+                body.controlnet_threshold_b,
+            )
+            images.append(_png_base64(detected))
+        return {"images": images, "info": "Success"}
+
+    return router
