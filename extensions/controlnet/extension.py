@@ -51,3 +51,10 @@ def setup(ctx: Any) -> None:
         return build_router(runtime)
 
     ctx.routes(routes)
+
+    def build(tab: str) -> Any:
+        from .ui import build_accordion
+
+        return build_accordion(tab, runtime)
+
+    ctx.accordion(title="ControlNet", build=build)

@@ -1,0 +1,146 @@
+"""The ControlNet accordion of a generation tab: one sub-tab per unit, its widgets folded into one unit dict.
+
+Each unit's value is a hidden ``gr.JSON`` holding the same dict an API client sends (the image as base64), rebuilt
+whenever one of the unit's widgets changes; the extensions UI collects those values into the tab's request.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import gradio as gr
+
+from pipelines.errors import EaselError
+
+from . import preprocessors
+from .control import ControlNetRuntime, list_models
+from .units import CONTROL_MODES, RESIZE_MODES, load_image
+
+NO_MODEL = "None"
+
+
+def _model_choices(runtime: ControlNetRuntime) -> list[str]:
+    return [NO_MODEL, *(m.name for m in list_models(runtime.folders()))]
+
+
+def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
+    elem = f"{tab}_controlnet_unit{index}"
+    with gr.Row():
+        image = gr.Image(
+            label="Control image" + (" (empty: the tab's input image)" if tab != "txt2img" else ""),
+            type="pil",
+            sources=["upload", "clipboard"],
+            elem_id=f"{elem}_image",
+            height=256,
+        )
+        preview = gr.Image(label="Preprocessed map", interactive=False, elem_id=f"{elem}_preview", height=256)
+    with gr.Row():
+        enabled = gr.Checkbox(label="Enable", value=False, elem_id=f"{elem}_enabled")
+        pixel_perfect = gr.Checkbox(label="Pixel Perfect", value=False, elem_id=f"{elem}_pixel_perfect")
+    with gr.Row():
+        module = gr.Dropdown(
+            list(preprocessors.PREPROCESSORS), value="none", label="Preprocessor", elem_id=f"{elem}_module"
+        )
+        model = gr.Dropdown(_model_choices(runtime), value=NO_MODEL, label="Model", elem_id=f"{elem}_model")
+        refresh = gr.Button("🔄", elem_id=f"{elem}_refresh", scale=0, min_width=40)
+        run_preview = gr.Button("Preview the map", elem_id=f"{elem}_run_preview", scale=0)
+    with gr.Row():
+        weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control Weight", elem_id=f"{elem}_weight")
+        start = gr.Slider(0, 1, value=0.0, step=0.01, label="Starting Control Step", elem_id=f"{elem}_start")
+        end = gr.Slider(0, 1, value=1.0, step=0.01, label="Ending Control Step", elem_id=f"{elem}_end")
+    with gr.Row():
+        resolution = gr.Slider(64, 2048, value=512, step=8, label="Preprocessor Resolution", elem_id=f"{elem}_res")
+        threshold_a = gr.Slider(1, 255, value=100, step=1, label="Low Threshold", elem_id=f"{elem}_threshold_a")
+        threshold_b = gr.Slider(1, 255, value=200, step=1, label="High Threshold", elem_id=f"{elem}_threshold_b")
+    control_mode = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control Mode", elem_id=f"{elem}_mode")
+    resize_mode = gr.Radio(
+        list(RESIZE_MODES), value=RESIZE_MODES[1], label="Resize Mode", elem_id=f"{elem}_resize_mode"
+    )
+    widgets = [
+        enabled,
+        image,
+        module,
+        model,
+        weight,
+        start,
+        end,
+        control_mode,
+        resize_mode,
+        pixel_perfect,
+        resolution,
+        threshold_a,
+        threshold_b,
+    ]
+    keys = [
+        "enabled",
+        "image",
+        "module",
+        "model",
+        "weight",
+        "guidance_start",
+        "guidance_end",
+        "control_mode",
+        "resize_mode",
+        "pixel_perfect",
+        "processor_res",
+        "threshold_a",
+        "threshold_b",
+    ]
+    state = gr.JSON({}, visible=False, elem_id=f"{elem}_value")
+
+    def unit_value(*values: Any) -> dict[str, Any]:
+        unit = dict(zip(keys, values, strict=True))
+        if not unit["enabled"]:
+            return {}
+        picture = unit.pop("image")
+        if picture is not None:  # as an API client sends it: the value is plain JSON, whatever holds it
+            buffer = io.BytesIO()
+            picture.convert("RGB").save(buffer, format="PNG")
+            unit["image"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return unit
+
+    for widget in widgets:
+        widget.change(unit_value, widgets, state, queue=False, api_visibility="private")
+
+    def sliders(name: str) -> tuple[Any, Any]:
+        """The threshold sliders as the preprocessor names them (hidden when it has none)."""
+        found = preprocessors.find(name).sliders
+        updates = []
+        for i in range(2):
+            if i < len(found):
+                s = found[i]
+                updates.append(gr.update(visible=True, label=s.name, minimum=s.min, maximum=s.max, value=s.value))
+            else:
+                updates.append(gr.update(visible=False))
+        return updates[0], updates[1]
+
+    module.change(sliders, module, [threshold_a, threshold_b], queue=False, api_visibility="private")
+    refresh.click(
+        lambda: gr.update(choices=_model_choices(runtime)), None, model, queue=False, api_visibility="private"
+    )
+
+    def show_map(picture: Any, name: str, res: float, a: float, b: float) -> Any:
+        try:
+            source = load_image(picture, "Control image")
+            if source is None:
+                raise EaselError("Upload a control image first.")
+            return preprocessors.run(name, source, int(res), a, b)
+        except EaselError as exc:
+            raise gr.Error(str(exc)) from None
+
+    run_preview.click(
+        show_map, [image, module, resolution, threshold_a, threshold_b], preview, api_visibility="private"
+    )
+    return state
+
+
+def build_accordion(tab: str, runtime: ControlNetRuntime) -> dict[str, Any]:
+    """Inside the accordion the extensions UI opens: a sub-tab per unit; ``{unit_i: its value}`` for the request."""
+    states: dict[str, Any] = {}
+    with gr.Tabs(elem_id=f"{tab}_controlnet_units"):
+        for i in range(runtime.unit_count):
+            with gr.Tab(f"ControlNet Unit {i}", elem_id=f"{tab}_controlnet_unit{i}_tab"):
+                states[f"unit_{i}"] = _unit(tab, i, runtime)
+    return states
