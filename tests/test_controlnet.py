@@ -209,3 +209,55 @@ def test_each_preprocessor_gives_a_map_of_the_expected_size_and_range() -> None:
     assert set(np.unique(binary)) == {0, 255}
     with pytest.raises(EaselError, match="not available"):
         pre.find("openpose")
+
+
+def test_modes_scale_and_place_residuals_as_sd_webui_controlnet(tiny: TinyModels) -> None:
+    """Balanced: weight on every residual, both CFG halves; My prompt: soft injection (0.825 ** (12 - i) of 13);
+    ControlNet is more important: soft injection on the conditional half, zeros on the unconditional one."""
+    extensions = load_extensions(None, BUILTIN_DIR, ExtensionState(Path("/nonexistent/state.json")))
+    try:
+        control = sys.modules[MODULE_PREFIX + "controlnet.control"]
+        units = sys.modules[MODULE_PREFIX + "controlnet.units"]
+        from pipelines.sampling.denoiser import Conditioning, ModelInputs, SamplingState
+
+        unet = tiny.components("sd1")["unet"]
+        model = build_tiny_controlnet(unet, seed=3)
+        batch, tokens = 1, 77
+        cond = torch.randn(batch, tokens, unet.config.cross_attention_dim)
+        state = SamplingState(
+            torch.zeros(batch, 4, 8, 8), torch.tensor([14.6, 3.0, 0.5, 0.0]), Conditioning(cond, cond), 3
+        )
+        inputs = ModelInputs(
+            sample=torch.randn(2 * batch, 4, 8, 8),
+            timestep=torch.tensor([900.0, 900.0]),
+            encoder_hidden_states=torch.cat([cond, cond]),
+            sigma=torch.tensor([3.0, 3.0]),
+            state=state,
+        )
+        assert control.step_fraction(state.sigmas, inputs.sigma) == pytest.approx(1 / 3)
+        assert control.soft_scales(13, 1.0)[0] == pytest.approx(0.825**12) and control.soft_scales(13, 1.0)[-1] == 1
+
+        def run(mode: int, weight: float = 0.5) -> tuple[list[torch.Tensor], torch.Tensor]:
+            unit = units.parse_unit(
+                {"model": "m", "image": control_picture(), "control_mode": mode, "weight": weight}, 0
+            )
+            prepared = control.Prepared(unit, model, control_picture())
+            result = control.residuals(prepared, inputs)
+            assert result is not None
+            return result
+
+        balanced_down, balanced_mid = run(0, weight=1.0)
+        half_down, _ = run(0, weight=0.5)
+        deepest = len(balanced_down)  # 12 for SD 1.x (13 residuals); the tiny UNet's two levels give 6 (7)
+        assert deepest == 6 and torch.allclose(half_down[3], balanced_down[3] * 0.5, atol=1e-6)
+        soft_down, soft_mid = run(1, weight=1.0)
+        for i, (soft, plain) in enumerate(zip(soft_down, balanced_down, strict=True)):
+            assert torch.allclose(soft, plain * 0.825 ** (deepest - i), atol=1e-6)
+        assert torch.allclose(soft_mid, balanced_mid, atol=1e-6)
+        cn_down, cn_mid = run(2, weight=1.0)
+        assert torch.allclose(cn_down[0][:batch], soft_down[0][:batch], atol=1e-5)
+        assert not cn_down[0][batch:].any() and not cn_mid[batch:].any()  # the unconditional pass runs without it
+        early = units.parse_unit({"model": "m", "image": control_picture(), "guidance_end": 0.3}, 0)
+        assert control.active(early, 0.0) and not control.active(early, 1 / 3)
+    finally:
+        extensions.unload()
