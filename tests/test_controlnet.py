@@ -41,6 +41,8 @@ def cn_dir(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
         model = build_tiny_controlnet(unet, seed=seed)
         save_controlnet_file(model, folder / f"tiny-{family}-ldm.safetensors", "ldm")
         save_controlnet_file(model, folder / f"tiny-{family}-diffusers.safetensors", "diffusers")
+        if family == "sd1":
+            model.save_pretrained(folder / "tiny-sd1-folder", safe_serialization=True)
     second = build_tiny_controlnet(tiny.components("sd1")["unet"], seed=7)
     save_controlnet_file(second, folder / "sub" / "tiny-sd1-other.safetensors", "ldm")
     return folder
@@ -86,13 +88,16 @@ def diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean())
 
 
-def test_both_layouts_load_to_the_same_weights(tiny: TinyModels, cn_dir: Path) -> None:
+def test_both_layouts_load_to_the_same_weights(tiny: TinyModels, cn_dir: Path, tmp_path: Path) -> None:
     unet = tiny.components("sd1")["unet"]
-    original = build_tiny_controlnet(unet, seed=3).state_dict()
-    for name in ("tiny-sd1-ldm", "tiny-sd1-diffusers"):
-        loaded = load_controlnet(cn_dir / f"{name}.safetensors", unet.config).state_dict()
+    model = build_tiny_controlnet(unet, seed=3)
+    original = model.state_dict()
+    model.save_pretrained(tmp_path / "tiny-sd1-folder", safe_serialization=True)  # a diffusers folder
+    paths = [cn_dir / f"{name}.safetensors" for name in ("tiny-sd1-ldm", "tiny-sd1-diffusers")]
+    for path in [*paths, tmp_path / "tiny-sd1-folder"]:
+        loaded = load_controlnet(path, unet.config).state_dict()
         assert loaded.keys() == original.keys()
-        assert all(torch.equal(loaded[k], original[k]) for k in original), name
+        assert all(torch.equal(loaded[k], original[k]) for k in original), path.name
 
 
 def test_wrong_architecture_is_refused_naming_both(engine: Engine) -> None:
@@ -111,6 +116,7 @@ def test_weight_changes_the_image_and_zero_or_no_window_is_exactly_none(engine: 
     assert diff(half, plain) > 1.0 and diff(full, plain) > diff(half, plain)
     diffusers_layout = pixels(engine, request(unit(model="tiny-sd1-diffusers [0badc0de]")))
     assert np.array_equal(diffusers_layout, full)  # the same weights in either layout, a [hash] suffix ignored
+    assert np.array_equal(pixels(engine, request(unit(model="tiny-sd1-folder"))), full)  # and as a diffusers folder
     early = pixels(engine, request(unit(guidance_end=0.5)))  # steps 0 and 1 of 3: the last runs without control
     assert diff(early, plain) > 0.5 and 0 < diff(early, full) < diff(early, plain)
     late = pixels(engine, request(unit(guidance_start=0.5)))  # the last step only
@@ -261,3 +267,15 @@ def test_modes_scale_and_place_residuals_as_sd_webui_controlnet(tiny: TinyModels
         assert control.active(early, 0.0) and not control.active(early, 1 / 3)
     finally:
         extensions.unload()
+
+
+def test_hires_fix_pass_gets_the_control_at_its_own_size_by_hr_option(engine: Engine) -> None:
+    hires = {"enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent", "denoising_strength": 0.6}
+    both = engine.generate(request(unit(), **hires))
+    assert both.images[0].size == (128, 128) and not engine.hooks.failed
+    low = pixels(engine, request(unit(hr_option="Low res only"), **hires))
+    high = pixels(engine, request(unit(hr_option="High res only"), **hires))
+    plain = pixels(engine, request(**hires))
+    both_pixels = np.asarray(both.images[0], dtype=np.int16)
+    assert min(diff(both_pixels, low), diff(both_pixels, high), diff(low, high)) > 0.1
+    assert diff(high, plain) > 0.1 and diff(low, plain) > 0.1
