@@ -279,3 +279,26 @@ def test_hires_fix_pass_gets_the_control_at_its_own_size_by_hr_option(engine: En
     both_pixels = np.asarray(both.images[0], dtype=np.int16)
     assert min(diff(both_pixels, low), diff(both_pixels, high), diff(low, high)) > 0.1
     assert diff(high, plain) > 0.1 and diff(low, plain) > 0.1
+
+
+def test_pickled_controlnets_load_only_when_allowed_and_weights_only(tiny: TinyModels, tmp_path: Path) -> None:
+    from pipelines.models.controlnet import controlnet_to_ldm
+
+    unet = tiny.components("sd1")["unet"]
+    model = build_tiny_controlnet(unet, seed=3)
+    path = tmp_path / "control_tiny.pth"
+    torch.save({"state_dict": controlnet_to_ldm(model)}, path)
+    with pytest.raises(EaselError, match="pickle file"):
+        load_controlnet(path, unet.config)
+    loaded = load_controlnet(path, unet.config, allow_pickle=True).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
+def test_inpaint_with_a_unit(engine: Engine) -> None:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    base = {"mode": "inpaint", "init_image": control_picture(), "mask": mask, "denoising_strength": 0.9}
+    plain = pixels(engine, request(**base))
+    controlled = pixels(engine, request(unit(module="invert"), **base))
+    assert diff(plain, controlled) > 0.1
+    assert np.array_equal(plain[:8, :8], controlled[:8, :8])  # outside the mask the picture stays as it was
