@@ -20,6 +20,7 @@ from pipelines.fields import FIELDS
 from pipelines.hooks import EngineHooks, ModelView, ScriptRunner
 from pipelines.imaging.inpaint import InpaintPlan, finish_inpaint, prepare_img2img, prepare_inpaint
 from pipelines.imaging.latents import decode_latents
+from pipelines.imaging.upscale import SCALE_TO, UpscaleSpec
 from pipelines.metadata.filenames import SaveOptions, filename_tags
 from pipelines.metadata.infotext import format_infotext
 from pipelines.metadata.outputs import save_image
@@ -37,6 +38,7 @@ from pipelines.sampling.passes import DenoisePass, img2img_pass, inpaint_pass, t
 from pipelines.sampling.rng import ImageRNG, rng_infotext
 from pipelines.sampling.schedules import ModelSigmas
 from pipelines.sampling.variations import image_subseeds
+from pipelines.upscalers.extras import run_extras
 from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
 
 log = logging.getLogger(__name__)
@@ -217,7 +219,24 @@ class Engine:
                 return None
             return save_image(image, self.outputs_dir, f"{inner.mode}-grids", inner.seed, text, when)
 
-        runner = ScriptRunner(lambda inner: self.generate(inner, job), job, save_grid)
+        def save_sample(image: Image.Image, text: str, inner: GenerationRequest, seed: int) -> Path | None:
+            if not (inner.save and self.settings.save_outputs):
+                return None
+            active = self.manager.active
+            tags = filename_tags(inner, seed, active.info.model_name, active.hash, inner.vae) if active else None
+            options = SaveOptions.from_settings(self.settings)
+            return save_image(
+                image, self.outputs_dir, MODE_FOLDERS[inner.mode], seed, text, when, options=options, tags=tags
+            )
+
+        def upscale(image: Image.Image, size: tuple[int, int], name: str) -> Image.Image | None:
+            spec = UpscaleSpec(SCALE_TO, 1, size[0], size[1], upscaling_crop=False, upscaler_1=name)
+            done = run_extras(self, [lambda: image], spec, job)
+            return done.images[0] if done.images and not done.interrupted else None
+
+        runner = ScriptRunner(
+            lambda inner: self.generate(inner, job), job, save_grid, save_sample, upscale, self.upscalers.names
+        )
         try:
             return self.hooks.run_script(request, runner)
         finally:

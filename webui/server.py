@@ -48,11 +48,12 @@ def build_context(args: ServerConfig) -> AppContext:
         upscalers=UpscalerLibrary(upscaler_folders(args), device, manager.dtype),
         hooks=extensions.hooks if extensions else None,
     )
-    if extensions is not None:  # the names extensions may offer as choices (X/Y/Z's checkpoint, VAE, styles axes)
+    if extensions is not None:  # the names extensions may offer as choices (X/Y/Z's axes, SD upscale's upscalers)
         extensions.catalog.bind(
             checkpoints=lambda: [c.name for c in manager.checkpoints],
             vaes=engine.networks.vae_files,
             styles=engine.styles.names,
+            upscalers=engine.upscalers.names,
         )
     store = SettingsStore.open(args.data_dir, args.ui_settings_file)
     ctx = AppContext(
