@@ -208,9 +208,8 @@ class Engine:
             previous = self.manager.active.info.name if self.manager.active else None
             try:
                 active = self.manager.activate(target)
-                device, dtype = self.manager.device, self.manager.dtype
-                with self.networks.applied(active, request, device, dtype) as worn:
-                    result = self._run(request, active, job, worn)
+                # the memory policy places the model for this request's size; on out of memory it retries lower
+                result = self.manager.memory.run(request, active, lambda plan: self._run_placed(request, active, job))
             except BaseException:
                 job.set_status("failed")
                 raise
@@ -219,6 +218,14 @@ class Engine:
                     self.manager.activate(previous)  # still under the lock: no other job sees the override
             job.set_status("interrupted" if result.interrupted else "done")
             return result
+
+    def _run_placed(self, request: GenerationRequest, active: ActiveModel, job: Job) -> GenerationResult:
+        """One attempt at the job with its networks worn; the memory policy calls it again after running out."""
+        device, dtype = self.manager.device, self.manager.dtype
+        with self.networks.applied(active, request, device, dtype) as worn:
+            self.manager.memory.adopt_vae(active)  # a VAE the request swapped in is placed and tiled like its own
+            worn.infotext.update(self.manager.memory.infotext(active))
+            return self._run(request, active, job, worn)
 
     def _run(
         self, request: GenerationRequest, active: ActiveModel, job: Job, worn: NetworkUse | None = None
