@@ -125,7 +125,8 @@ def test_fp8_storage_round_trips_and_changes_outputs_only_within_tolerance(engin
 
 # -- the offload levels, on real modules ----------------------------------------------------------------------
 def _pre_hooks(module: torch.nn.Module) -> int:
-    return len(module._forward_pre_hooks)
+    """Offload hooks on a module: accelerate's (a component moved whole) and torch's (a self-placing UNet's)."""
+    return int(hasattr(module, "_hf_hook")) + len(module._forward_pre_hooks)
 
 
 def _group_hooked(module: torch.nn.Module) -> bool:

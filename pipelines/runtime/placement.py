@@ -7,11 +7,11 @@ the VAE, and when a generation runs out of memory steps down one level, empties 
 
 Mechanisms: diffusers' ``apply_group_offloading`` (block or leaf level, prefetch on a side CUDA stream),
 ``enable_layerwise_casting`` (fp8 storage, fp16/bf16/fp32 compute) and ``AutoencoderKL`` tiling/slicing are used
-as they are. Model offload is Easel's own small hook (torch forward pre-hooks and accelerate's ``send_to_device``)
-rather than accelerate's ``cpu_offload_with_hook`` chain: the chain only evicts the component *before* the one that
-runs, so a hires fix (UNet, VAE decode, then the text encoders again for the hires prompt, then the UNet) or an
-img2img encode (VAE before UNet) leaves two big components on the device together. Here whichever component runs
-evicts whichever one is on the device: one at a time, in any order.
+as they are. Model offload is Easel's own small hook on accelerate's hook protocol (``ModelHook``,
+``add_hook_to_module``, ``send_to_device``) rather than accelerate's ``cpu_offload_with_hook`` chain: the chain
+only evicts the component *before* the one that runs, so a hires fix (UNet, VAE decode, then the text encoders
+again for the hires prompt, then the UNet) or an img2img encode (VAE before UNet) leaves two big components on the
+device together. Here whichever component runs evicts whichever one is on the device: one at a time, in any order.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
+from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+from accelerate.utils import send_to_device
 
 from pipelines.errors import EaselError
 from pipelines.models.devices import available_ram_bytes, module_bytes
@@ -104,31 +106,42 @@ def empty_caches(device: torch.device) -> None:
 
 
 # -- model offload: one component on the device at a time -------------------------------------------------------
+class _ClaimHook(ModelHook):
+    """accelerate's hook protocol: ``execution_device`` tells diffusers pipelines where the inputs belong."""
+
+    def __init__(self, group: ExclusiveOffload) -> None:
+        self.group = group
+        self.execution_device = group.device
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        self.group.claim(module)
+        return send_to_device(args, self.group.device), send_to_device(kwargs, self.group.device)
+
+
 class ExclusiveOffload:
     """Each member moves itself onto the device when its forward runs, first sending the previous one to RAM."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.holder: torch.nn.Module | None = None
-        self._handles: dict[int, Any] = {}
+        self._members: dict[int, torch.nn.Module] = {}
+        self._evictors: dict[int, Any] = {}
 
     def add(self, module: torch.nn.Module) -> None:
-        if id(module) not in self._handles:
-            self._handles[id(module)] = module.register_forward_pre_hook(self._claim_hook, with_kwargs=True)
+        if id(module) not in self._members:
+            add_hook_to_module(module, _ClaimHook(self))
+            self._members[id(module)] = module
 
     def add_evictor(self, module: torch.nn.Module) -> None:
-        """A module that places itself (a group-offloaded UNet): it only sends the holder away before running."""
-        if id(module) not in self._handles:
-            self._handles[id(module)] = module.register_forward_pre_hook(lambda *_: self.claim(None))
+        """A module that places itself (a group-offloaded UNet): it only sends the holder away before running.
+
+        A plain torch pre-hook, not an accelerate one: diffusers' group offloading wraps the same ``forward``.
+        """
+        if id(module) not in self._evictors:
+            self._evictors[id(module)] = module.register_forward_pre_hook(lambda *_: self.claim(None))
 
     def __contains__(self, module: torch.nn.Module) -> bool:
-        return id(module) in self._handles
-
-    def _claim_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        from accelerate.utils import send_to_device
-
-        self.claim(module)
-        return send_to_device(args, self.device), send_to_device(kwargs, self.device)
+        return id(module) in self._members
 
     def claim(self, module: torch.nn.Module | None) -> None:
         if self.holder is module:
@@ -141,9 +154,12 @@ class ExclusiveOffload:
             self.holder = module
 
     def remove(self) -> None:
-        for handle in self._handles.values():
+        for module in self._members.values():
+            remove_hook_from_module(module)
+        for handle in self._evictors.values():
             handle.remove()
-        self._handles.clear()
+        self._members.clear()
+        self._evictors.clear()
         self.claim(None)
 
 
