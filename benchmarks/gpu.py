@@ -10,7 +10,8 @@ single-file layout by ``save_single_file``), loads them through Easel's real loa
   mode chosen, peak VRAM, it/s and whether it completed; SDXL hires fix to 2048x2048 under 8 GB;
 - the policy's estimated peak next to the measured one, to calibrate ``memory_policy``'s constants.
 
-    python benchmarks/gpu.py                      # on a CUDA GPU: about 5-7 minutes on an H200
+    python benchmarks/gpu.py                      # on a CUDA GPU: about 5-7 minutes on an H200 (estimated)
+    python benchmarks/gpu.py --compile sd1,sdxl   # SDXL compiled too (2-3 minutes more)
     python benchmarks/gpu.py --device cpu --tiny  # a dry run of every row with tiny models (a minute or two)
 
 Targets (issue 13): SDXL 1024x1024 completes under 8 GB with no flag; Easel's it/s >= 0.98x bare diffusers
@@ -257,7 +258,9 @@ class Bench:
             if self.device.type == "cuda" and not self.args.tiny:
                 gc.collect()
                 torch.cuda.empty_cache()
-                torch.cuda.set_per_process_memory_fraction(min(1.0, gb * 1e9 / self.total), self.device)
+                # a real "8 GB" card has 8 GiB, of which the CUDA context takes ~0.5 GiB outside the allocator
+                limit = gb * GiB - 512 * (1 << 20)
+                torch.cuda.set_per_process_memory_fraction(min(1.0, limit / self.total), self.device)
                 try:
                     row = self.easel(family, f"budget {label}", req)
                 finally:
@@ -286,7 +289,11 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny random models at 64x64 (a dry run of every row)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (20; 2 with --tiny)")
     parser.add_argument("--families", default="sd1,sdxl", help="comma-separated: sd1, sdxl")
-    parser.add_argument("--compile", default="sd1,sdxl", help="families to measure with --compile ('' for none)")
+    parser.add_argument(
+        "--compile",
+        default="sd1",
+        help="families to measure with --compile ('' for none; sdxl adds 2-3 minutes of compilation)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="folder for the checkpoints (a temp folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
