@@ -325,13 +325,6 @@ class MemoryPolicy:
             "plan": plan,
         }
 
-    def label(self) -> str:
-        """A short line for the UI: the mode and why."""
-        plan = self.last_plan
-        if plan is None:
-            return f"memory: {self.settings.memory}"
-        return f"memory: {plan.describe()} — {plan.reason}"
-
     # -- placing ---------------------------------------------------------------------------------------------
     @staticmethod
     def _placement(active: ActiveModel) -> Placement:
