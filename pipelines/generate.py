@@ -278,15 +278,15 @@ class Engine:
             previous = self.manager.active.info.name if self.manager.active else None
             try:
                 active = self.manager.activate(target)
-                device, dtype = self.manager.device, self.manager.dtype
                 with ExitStack() as stack:
                     refiner = None
                     if request.refiner_checkpoint:
                         refiner = stack.enter_context(self.manager.borrowed(request.refiner_checkpoint))
                         _check_refiner(active, refiner)
-                    worn = stack.enter_context(self.networks.applied(active, request, device, dtype))
-                    stack.enter_context(self.hooks.model_patches(request, self._model_view(active)))
-                    result = self._run(request, active, job, worn, refiner)
+                    # the memory policy places the model for this request's size; on out of memory it retries lower
+                    result = self.manager.memory.run(
+                        request, active, lambda plan: self._run_placed(request, active, job, refiner)
+                    )
             except BaseException:
                 job.set_status("failed")
                 raise
@@ -299,6 +299,20 @@ class Engine:
     def _model_view(self, active: ActiveModel) -> ModelView:
         m = active.model
         return ModelView(m.family, m.unet, m.vae, tuple(m.text_encoders), self.manager.device, self.manager.dtype)
+
+    def _run_placed(
+        self, request: GenerationRequest, active: ActiveModel, job: Job, refiner: ActiveModel | None = None
+    ) -> GenerationResult:
+        """One attempt at the job with its networks and extension patches worn; the memory policy calls it again
+        after running out of memory (everything it wears is restored on the way out)."""
+        device, dtype = self.manager.device, self.manager.dtype
+        with (
+            self.networks.applied(active, request, device, dtype) as worn,
+            self.hooks.model_patches(request, self._model_view(active)),
+        ):
+            self.manager.memory.adopt_vae(active)  # a VAE the request swapped in is placed and tiled like its own
+            worn.infotext.update(self.manager.memory.infotext(active))
+            return self._run(request, active, job, worn, refiner)
 
     def _run(
         self,

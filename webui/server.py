@@ -13,6 +13,7 @@ from pipelines.models.demo import ensure_demo_checkpoint
 from pipelines.models.devices import choose_device, choose_dtype
 from pipelines.models.manager import PipelineManager
 from pipelines.networks.library import NetworkFolders, NetworkLibrary
+from pipelines.runtime.placement import MemoryPolicy, MemorySettings
 from pipelines.runtime.queue import GenerationQueue
 from pipelines.settings_store import SettingsStore
 from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
@@ -30,13 +31,16 @@ def build_context(args: ServerConfig) -> AppContext:
     remove_unfinished_saves(args.outputs_dir)  # what a save killed mid-way left behind (logged)
     demo = None if args.no_demo else ensure_demo_checkpoint(args.ckpt_dir)
     device = choose_device(args.device)
+    dtype = choose_dtype(device, args.precision)
+    memory = MemorySettings(args.memory, args.vae_tiling, args.medvram_sdxl, args.fp8_weights, args.compile)
     manager = PipelineManager(
         args.ckpt_dir,
         device,
-        choose_dtype(device, args.precision),
+        dtype,
         HashCache(args.models_dir / ".easel-hashes.json"),
         args.ram_cache,
         args.allow_pickle,
+        MemoryPolicy(device, dtype, memory),
     )
     folders = NetworkFolders.from_models_dir(args.models_dir, args.embeddings_dir)
     extensions = None if args.disable_all_extensions else load_extensions(args.extensions_dir)
