@@ -72,6 +72,10 @@ def build_context(args: ServerConfig) -> AppContext:
     store.restore(engine)  # bad values are skipped, logged and listed in store.warnings (the UI shows them)
     if args.ram_cache is not None:  # given on the command line: it wins over the file
         manager.ram_cache_size = args.ram_cache
+    if args.memory != "auto":  # --memory, --medvram, --lowvram: the command line wins over the file too
+        manager.memory.settings.memory = args.memory
+    if args.vae_tiling != "auto":
+        manager.memory.settings.vae_tiling = args.vae_tiling
     if args.ckpt:  # asked for by name: starting on another model instead would make images from the wrong one
         log.info("loading %s", args.ckpt)
         try:
