@@ -20,6 +20,7 @@ from pipelines.fields import FIELDS
 from pipelines.hooks import EngineHooks, ModelView, ScriptRunner
 from pipelines.imaging.inpaint import InpaintPlan, finish_inpaint, prepare_img2img, prepare_inpaint
 from pipelines.imaging.latents import decode_latents
+from pipelines.imaging.upscale import SCALE_TO, UpscaleSpec
 from pipelines.metadata.filenames import SaveOptions, filename_tags
 from pipelines.metadata.infotext import format_infotext
 from pipelines.metadata.outputs import save_image
@@ -37,6 +38,7 @@ from pipelines.sampling.passes import DenoisePass, img2img_pass, inpaint_pass, t
 from pipelines.sampling.rng import ImageRNG, rng_infotext
 from pipelines.sampling.schedules import ModelSigmas
 from pipelines.sampling.variations import image_subseeds
+from pipelines.upscalers.extras import run_extras
 from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
 
 log = logging.getLogger(__name__)
@@ -217,7 +219,24 @@ class Engine:
                 return None
             return save_image(image, self.outputs_dir, f"{inner.mode}-grids", inner.seed, text, when)
 
-        runner = ScriptRunner(lambda inner: self.generate(inner, job), job, save_grid)
+        def save_sample(image: Image.Image, text: str, inner: GenerationRequest, seed: int) -> Path | None:
+            if not (inner.save and self.settings.save_outputs):
+                return None
+            active = self.manager.active
+            tags = filename_tags(inner, seed, active.info.model_name, active.hash, inner.vae) if active else None
+            options = SaveOptions.from_settings(self.settings)
+            return save_image(
+                image, self.outputs_dir, MODE_FOLDERS[inner.mode], seed, text, when, options=options, tags=tags
+            )
+
+        def upscale(image: Image.Image, size: tuple[int, int], name: str) -> Image.Image | None:
+            spec = UpscaleSpec(SCALE_TO, 1, size[0], size[1], upscaling_crop=False, upscaler_1=name)
+            done = run_extras(self, [lambda: image], spec, job)
+            return done.images[0] if done.images and not done.interrupted else None
+
+        runner = ScriptRunner(
+            lambda inner: self.generate(inner, job), job, save_grid, save_sample, upscale, self.upscalers.names
+        )
         try:
             return self.hooks.run_script(request, runner)
         finally:
@@ -259,15 +278,15 @@ class Engine:
             previous = self.manager.active.info.name if self.manager.active else None
             try:
                 active = self.manager.activate(target)
-                device, dtype = self.manager.device, self.manager.dtype
                 with ExitStack() as stack:
                     refiner = None
                     if request.refiner_checkpoint:
                         refiner = stack.enter_context(self.manager.borrowed(request.refiner_checkpoint))
                         _check_refiner(active, refiner)
-                    worn = stack.enter_context(self.networks.applied(active, request, device, dtype))
-                    stack.enter_context(self.hooks.model_patches(request, self._model_view(active)))
-                    result = self._run(request, active, job, worn, refiner)
+                    # the memory policy places the model for this request's size; on out of memory it retries lower
+                    result = self.manager.memory.run(
+                        request, active, lambda plan: self._run_placed(request, active, job, refiner)
+                    )
             except BaseException:
                 job.set_status("failed")
                 raise
@@ -280,6 +299,20 @@ class Engine:
     def _model_view(self, active: ActiveModel) -> ModelView:
         m = active.model
         return ModelView(m.family, m.unet, m.vae, tuple(m.text_encoders), self.manager.device, self.manager.dtype)
+
+    def _run_placed(
+        self, request: GenerationRequest, active: ActiveModel, job: Job, refiner: ActiveModel | None = None
+    ) -> GenerationResult:
+        """One attempt at the job with its networks and extension patches worn; the memory policy calls it again
+        after running out of memory (everything it wears is restored on the way out)."""
+        device, dtype = self.manager.device, self.manager.dtype
+        with (
+            self.networks.applied(active, request, device, dtype) as worn,
+            self.hooks.model_patches(request, self._model_view(active)),
+        ):
+            self.manager.memory.adopt_vae(active)  # a VAE the request swapped in is placed and tiled like its own
+            worn.infotext.update(self.manager.memory.infotext(active))
+            return self._run(request, active, job, worn, refiner)
 
     def _run(
         self,

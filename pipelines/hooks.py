@@ -46,17 +46,30 @@ ModelPatch = Callable[["GenerationRequest", "ModelView"], "AbstractContextManage
 Generate = Callable[["GenerationRequest"], "GenerationResult"]
 
 
+Upscale = Callable[["Image.Image", tuple[int, int], str], "Image.Image | None"]
+SaveImage = Callable[["Image.Image", str, "GenerationRequest", int], "Path | None"]
+
+
 @dataclass(frozen=True)
 class ScriptRunner:
-    """What a running script may use: the engine's own path for each image set, the job, and grid saving.
+    """What a running script may use: the engine's own path for each image set, the job, saving, the upscalers.
 
     ``generate(request)`` takes one queue turn per call (a checkpoint change happens at that turn, never mid-job);
-    ``save_grid(image, infotext, request)`` saves into ``outputs/<mode>-grids/`` when the request saves images.
+    ``save_grid(image, infotext, request)`` saves into ``outputs/<mode>-grids/`` when the request saves images;
+    ``save_image(image, infotext, request, seed)`` saves a picture the script made itself as the request's own
+    image (``outputs/<mode>-images/``, the user's file name pattern) when the request saves images.
+    ``upscale(image, (width, height), name)`` resizes to exactly that size with one of ``upscalers()`` (the names
+    ``/sdapi/v1/upscalers`` lists, in its order: None, Lanczos, Nearest, then the models), taking one queue turn
+    as the Extras tab does; None when the job was interrupted. Wrap calls in ``job.part(i, n)`` so the progress
+    bar counts across them.
     """
 
     generate: Generate
     job: Job
     save_grid: Callable[[Image.Image, str, GenerationRequest], Path | None]
+    save_image: SaveImage
+    upscale: Upscale
+    upscalers: Callable[[], list[str]]
 
 
 @dataclass(frozen=True)

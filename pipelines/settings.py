@@ -50,6 +50,11 @@ _ENGINE_FIELDS = ("randn_source", "eta_noise_seed_delta", *SAMPLING_BOUNDS, "cli
 """Settings that are ``EngineSettings`` attributes of the same name."""
 UPSCALER_TILE_SETTINGS = ("ESRGAN_tile", "ESRGAN_tile_overlap")
 """A1111's names; they live on the engine's upscaler library (tile side and overlap, in source pixels)."""
+MEMORY_SETTINGS: dict[str, tuple[str, ...]] = {
+    "memory_mode": ("auto", "high", "medium", "low"),  # --memory (A1111's --medvram/--lowvram are flags only)
+    "vae_tiling": ("auto", "on", "off"),
+}
+"""The memory policy's choices (``pipelines.runtime.memory_policy``), kept in config.json like any setting."""
 SETTING_NAMES = (
     "preview_every",
     "save_outputs",
@@ -61,6 +66,7 @@ SETTING_NAMES = (
     "clip_skip",
     *SAVE_SETTINGS,
     *UPSCALER_TILE_SETTINGS,
+    *MEMORY_SETTINGS,
 )
 
 
@@ -107,6 +113,11 @@ def normalized_vae(engine: Engine, name: object, label: str = "sd_vae") -> str |
 
 
 def _checked(engine: Engine, name: str, value: object, label: str) -> object:
+    if name in MEMORY_SETTINGS:
+        choices = MEMORY_SETTINGS[name]
+        if value not in choices:
+            raise EaselError(f"{label} must be one of {', '.join(choices)} (got {value!r})")
+        return value
     if name == "preview_every":
         return _whole_number(label, value, 0, PREVIEW_EVERY_MAX)
     if name == "save_outputs":
@@ -156,6 +167,8 @@ def current_settings(engine: Engine) -> dict[str, object]:
         **{name: getattr(engine.settings, name) for name in _ENGINE_FIELDS},
         "ESRGAN_tile": engine.upscalers.tile,
         "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
+        "memory_mode": engine.manager.memory.settings.memory,
+        "vae_tiling": engine.manager.memory.settings.vae_tiling,
     }
 
 
@@ -166,6 +179,9 @@ def apply_settings(engine: Engine, changes: Mapping[str, object], labels: Mappin
     for name, value in checked.items():
         if name in UPSCALER_TILE_SETTINGS:
             setattr(engine.upscalers, "tile" if name == "ESRGAN_tile" else "tile_overlap", value)
+            continue
+        if name in MEMORY_SETTINGS:  # the policy decides again for the next request
+            setattr(engine.manager.memory.settings, "memory" if name == "memory_mode" else name, value)
             continue
         setattr(engine.manager if name == "ram_cache_size" else engine.settings, name, value)
     return [name for name, value in checked.items() if before[name] != value]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import EaselError
 from pipelines.settings import (
+    MEMORY_SETTINGS,
     SAMPLING_BOUNDS,
     SAVE_SETTINGS,
     UPSCALER_TILE_SETTINGS,
@@ -52,6 +53,7 @@ ENGINE_KEYS: dict[str, str] = {
     "CLIP_stop_at_last_layers": "clip_skip",
     **{name: name for name in SAVE_SETTINGS},  # samples_format, jpeg_quality, samples_filename_pattern, ...
     **{name: name for name in UPSCALER_TILE_SETTINGS},  # ESRGAN_tile, ESRGAN_tile_overlap
+    **{name: name for name in MEMORY_SETTINGS},  # Easel's keys: A1111 has command-line flags only
 }
 """A1111 config.json key -> engine setting (``pipelines.settings``)."""
 SETTING_KEYS = {setting: key for key, setting in ENGINE_KEYS.items()}

@@ -329,7 +329,7 @@ def _bomb_png() -> bytes:
         ("txt2img", payload(steps="many"), 422, "steps"),
         ("txt2img", payload(steps=0), 422, "Steps"),
         ("txt2img", payload(sampler_name="Nope Sampler"), 422, "sampler"),
-        ("txt2img", payload(scheduler="polyexponential"), 422, "schedule"),
+        ("txt2img", payload(scheduler="turbo"), 422, "schedule type"),
         ("txt2img", payload(seed=2**40), 422, "Seed"),
         ("txt2img", payload(override_settings={"sd_model_checkpoint": "missing"}), 422, "no checkpoint named"),
         ("txt2img", payload(script_name="no such script"), 422, "script 'no such script' not found"),

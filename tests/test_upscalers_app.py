@@ -1,7 +1,9 @@
-"""Model upscalers end to end: the hires fix through Engine.generate, the API through webuiapi, the Extras tab."""
+"""Model upscalers end to end: the hires fix through Engine.generate, the API through webuiapi, the Extras tab, and
+the SD upscale script through ``/sdapi/v1/img2img`` and the img2img tab's Script dropdown."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from pipelines.generate import Engine
 from pipelines.metadata.infotext import parse_infotext
 from pipelines.requests import GenerationRequest
 from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
-from tests.api_support import picture_and_mask
+from tests.api_support import b64, decode, picture_and_mask
 from tests.browser import browser_page, set_number
 from tests.server import LaunchedServer
 from tests.upscaler_models import add_upscalers
@@ -125,3 +127,86 @@ def test_extras_tab_upscales_saves_and_sends_to_img2img(server: LaunchedServer, 
     with Image.open(saved[0]) as image:
         assert image.size == (96, 96)
         assert "Postprocess upscaler: tiny-compact-2x" in image.info["extras"]
+
+
+@pytest.mark.app
+def test_sd_upscale_through_the_api_with_a1111_args(server: LaunchedServer) -> None:
+    api = f"{server.url}/sdapi/v1"
+    scripts = requests.get(f"{api}/scripts", timeout=30).json()
+    assert "sd upscale" in scripts["img2img"] and "sd upscale" not in scripts["txt2img"]
+    info = requests.get(f"{api}/script-info", timeout=30).json()
+    entry = next(i for i in info if i["name"] == "sd upscale")
+    assert entry["is_img2img"] and not any(i["name"] == "sd upscale" and not i["is_img2img"] for i in info)
+    assert [a["label"] for a in entry["args"]] == ["Info", "Tile overlap", "Upscaler", "Scale Factor"]
+    upscalers = [u["name"] for u in requests.get(f"{api}/upscalers", timeout=30).json()]
+    assert entry["args"][2]["choices"] == upscalers and entry["args"][3]["value"] == 2.0
+    picture, _ = picture_and_mask(40)
+    body = {
+        "init_images": [b64(picture)],
+        "prompt": "a harbour",
+        "steps": 2,
+        "denoising_strength": 0.4,
+        "width": 64,
+        "height": 64,
+        "seed": 31,
+        "save_images": True,
+        "script_name": "SD upscale",
+        "script_args": ["", 16, upscalers.index("tiny-compact-2x"), 2],
+    }
+    before = set(server.outputs.glob("img2img-images/*/*.png"))
+    reply = requests.post(f"{api}/img2img", json=body, timeout=600)
+    assert reply.status_code == 200, reply.text
+    images = [decode(i) for i in reply.json()["images"]]
+    assert [im.size for im in images] == [(80, 80)]
+    fields = parse_infotext(json.loads(reply.json()["info"])["infotexts"][0])
+    assert (fields["Script"], fields["SD upscale upscaler"], fields["SD upscale overlap"]) == (
+        "SD upscale",
+        "tiny-compact-2x",
+        "16",
+    )
+    saved = sorted(set(server.outputs.glob("img2img-images/*/*.png")) - before)
+    assert len(saved) == 1
+    with Image.open(saved[0]) as image:
+        assert image.size == (80, 80) and "SD upscale upscaler: tiny-compact-2x" in image.info["parameters"]
+    for args, message in (
+        (["", 16, 99, 2], "upscaler index 99 is out of range"),
+        (["", 16, "Lanczos", 9], "scale factor must be between 1 and 8"),
+        (["", "wide", "Lanczos", 2], "tile overlap must be a whole number"),
+    ):
+        bad = requests.post(f"{api}/img2img", json=body | {"script_args": args}, timeout=60)
+        assert bad.status_code == 422 and message in bad.text, bad.text
+    assert requests.get(f"{api}/progress", timeout=30).status_code == 200  # still serving
+
+
+@pytest.mark.browser
+def test_sd_upscale_from_the_img2img_script_dropdown(server: LaunchedServer, tmp_path: Path) -> None:
+    source = tmp_path / "source.png"
+    picture, _ = picture_and_mask(48)
+    picture.save(source)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    before = set(server.outputs.glob("img2img-images/*/*.png"))
+    with browser_page(tmp_path / "profile") as page:
+        page.goto(server.url)
+        page.get_by_role("tab", name="img2img", exact=True).click()
+        page.locator("#img2img_image input[type=file]").set_input_files(str(source))
+        page.locator("#img2img_image img").first.wait_for(timeout=30_000)
+        set_number(page, "img2img_steps", 2)
+        set_number(page, "img2img_width", 64)
+        set_number(page, "img2img_height", 64)
+        _pick(page, "img2img_script", "SD upscale")
+        page.locator("#img2img_sd_upscale_info").wait_for(state="visible", timeout=10_000)
+        set_number(page, "img2img_sd_upscale_overlap", 16)
+        page.locator("#img2img_sd_upscale_upscaler_index").get_by_label("Lanczos", exact=True).check()
+        page.screenshot(path=str(SCREENSHOTS / "sd_upscale_controls.png"), full_page=True)
+        page.locator("#img2img_generate").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#img2img_info textarea')?.value || '').includes('SD upscale')",
+            timeout=300_000,
+        )
+        text = page.input_value("#img2img_info textarea")
+        assert "SD upscale upscaler: Lanczos" in text and "SD upscale overlap: 16" in text
+        page.screenshot(path=str(SCREENSHOTS / "sd_upscale_result.png"), full_page=True)
+    saved = sorted(set(server.outputs.glob("img2img-images/*/*.png")) - before)
+    assert len(saved) == 1
+    with Image.open(saved[0]) as image:
+        assert image.size == (96, 96)

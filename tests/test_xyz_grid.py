@@ -16,6 +16,7 @@ from pipelines.extensions.state import ExtensionState
 from pipelines.generate import Engine
 from pipelines.metadata.infotext import parse_infotext
 from pipelines.requests import GenerationRequest
+from pipelines.runtime.jobs import Job
 
 NOTHING = ["", []]
 
@@ -84,7 +85,20 @@ def test_values_parse_as_a1111_writes_them(builtins: LoadedExtensions) -> None:
 
 def test_steps_by_prompt_sr_grid_with_infotext_and_saved_files(engine: Engine) -> None:
     args = xyz_args([4, "1, 2", []], [7, "red, blue", []], include_lone_images=True)
-    result = engine.generate(tiny(script="X/Y/Z Plot", script_args=args))
+    job = Job()
+    seen: list[tuple[int, int, float]] = []
+    real_advance = job.advance
+
+    def advance(step: int) -> None:
+        real_advance(step)
+        seen.append((job.batch_index, job.batch_total, job.fraction))
+
+    job.advance = advance  # type: ignore[method-assign]
+    result = engine.generate(tiny(script="X/Y/Z Plot", script_args=args), job)
+    # progress runs over the whole grid: cell k of 4 shows as part k, and the fraction never goes back
+    assert {total for _, total, _ in seen} == {4} and [i for i, _, _ in seen][-1] == 3
+    fractions = [f for _, _, f in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     grid, *cells = result.images
     assert len(cells) == 4 and grid.width > 2 * 64 and grid.height > 2 * 64  # cells plus the labels
     fields = parse_infotext(result.infotexts[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import gradio as gr
@@ -141,4 +142,6 @@ def _model_status(ctx: AppContext) -> str:
         return "No checkpoint loaded"
     label = FAMILY_LABELS.get(active.family, active.family)
     hash_text = f" · `{active.hash}`" if active.hash else ""
-    return f"{label}{hash_text} · {ctx.engine.manager.device.type}"
+    plan = ctx.engine.manager.memory.last_plan  # the memory mode, with why as its tooltip
+    mode = f' · <abbr title="{html.escape(plan.reason)}">{plan.describe()}</abbr>' if plan is not None else ""
+    return f"{label}{hash_text} · {ctx.engine.manager.device.type}{mode}"

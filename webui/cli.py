@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.models.devices import PRECISIONS
+from pipelines.runtime.memory_policy import SETTINGS, VAE_TILING_SETTINGS
 from pipelines.runtime.queue import DEFAULT_QUEUE_SIZE
 from webui.config import ServerConfig
 from webui.login_guard import ThrottlePolicy
@@ -94,6 +95,41 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="checkpoints kept in RAM after switching away (None: as many as fit in half the free RAM)",
+    )
+
+    memory = parser.add_argument_group("memory and speed")
+    memory.add_argument(
+        "--memory",
+        default="auto",
+        choices=SETTINGS,
+        help="where the model's weights live: auto decides per image from free VRAM, the model and the size; "
+        "high keeps everything on the GPU, medium moves one part at a time (text encoders, UNet, VAE), low streams "
+        "the UNet block by block",
+    )
+    memory.add_argument(
+        "--medvram", dest="memory", action="store_const", const="medium", help="A1111's name for --memory medium"
+    )
+    memory.add_argument(
+        "--lowvram", dest="memory", action="store_const", const="low", help="A1111's name for --memory low"
+    )
+    memory.add_argument(
+        "--medvram-sdxl", action="store_true", help="--memory medium for SDXL models only (auto for the others)"
+    )
+    memory.add_argument(
+        "--vae-tiling",
+        default="auto",
+        choices=VAE_TILING_SETTINGS,
+        help="decode/encode large images in tiles: auto when the whole image would not fit",
+    )
+    memory.add_argument(
+        "--fp8-weights",
+        action="store_true",
+        help="store UNet weights as float8 (e4m3), computed in fp16/bf16: half the UNet's VRAM; pixels change slightly",
+    )
+    memory.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet (first image of each size compiles, slowly; falls back when unsupported)",
     )
 
     server = parser.add_argument_group("server")

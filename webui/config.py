@@ -40,6 +40,12 @@ class ServerConfig:
     device: str
     precision: str
     ram_cache: int | None
+    # memory and speed (--medvram and --lowvram set ``memory``)
+    memory: str
+    medvram_sdxl: bool
+    vae_tiling: str
+    fp8_weights: bool
+    compile: bool
     # server
     port: int
     host: str

@@ -13,6 +13,7 @@ from pipelines.models.demo import ensure_demo_checkpoint
 from pipelines.models.devices import choose_device, choose_dtype
 from pipelines.models.manager import PipelineManager
 from pipelines.networks.library import NetworkFolders, NetworkLibrary
+from pipelines.runtime.placement import MemoryPolicy, MemorySettings
 from pipelines.runtime.queue import GenerationQueue
 from pipelines.settings_store import SettingsStore
 from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
@@ -30,13 +31,16 @@ def build_context(args: ServerConfig) -> AppContext:
     remove_unfinished_saves(args.outputs_dir)  # what a save killed mid-way left behind (logged)
     demo = None if args.no_demo else ensure_demo_checkpoint(args.ckpt_dir)
     device = choose_device(args.device)
+    dtype = choose_dtype(device, args.precision)
+    memory = MemorySettings(args.memory, args.vae_tiling, args.medvram_sdxl, args.fp8_weights, args.compile)
     manager = PipelineManager(
         args.ckpt_dir,
         device,
-        choose_dtype(device, args.precision),
+        dtype,
         HashCache(args.models_dir / ".easel-hashes.json"),
         args.ram_cache,
         args.allow_pickle,
+        MemoryPolicy(device, dtype, memory),
     )
     folders = NetworkFolders.from_models_dir(args.models_dir, args.embeddings_dir)
     extensions = None if args.disable_all_extensions else load_extensions(args.extensions_dir)
@@ -48,11 +52,12 @@ def build_context(args: ServerConfig) -> AppContext:
         upscalers=UpscalerLibrary(upscaler_folders(args), device, manager.dtype),
         hooks=extensions.hooks if extensions else None,
     )
-    if extensions is not None:  # the names extensions may offer as choices (X/Y/Z's checkpoint, VAE, styles axes)
+    if extensions is not None:  # the names extensions may offer as choices (X/Y/Z's axes, SD upscale's upscalers)
         extensions.catalog.bind(
             checkpoints=lambda: [c.name for c in manager.checkpoints],
             vaes=engine.networks.vae_files,
             styles=engine.styles.names,
+            upscalers=engine.upscalers.names,
         )
         extensions.catalog.bind_model_folders(args.allow_pickle, controlnet=[args.controlnet_dir])
     store = SettingsStore.open(args.data_dir, args.ui_settings_file)
@@ -68,6 +73,10 @@ def build_context(args: ServerConfig) -> AppContext:
     store.restore(engine)  # bad values are skipped, logged and listed in store.warnings (the UI shows them)
     if args.ram_cache is not None:  # given on the command line: it wins over the file
         manager.ram_cache_size = args.ram_cache
+    if args.memory != "auto":  # --memory, --medvram, --lowvram: the command line wins over the file too
+        manager.memory.settings.memory = args.memory
+    if args.vae_tiling != "auto":
+        manager.memory.settings.vae_tiling = args.vae_tiling
     if args.ckpt:  # asked for by name: starting on another model instead would make images from the wrong one
         log.info("loading %s", args.ckpt)
         try:

@@ -96,13 +96,14 @@ def run(request: GenerationRequest, args: list[Any], runner: ScriptRunner, catal
             index[axis_index] = value
         indices.append(tuple(index))
     cells: dict[tuple[int, ...], GenerationResult] = {}
-    for ix, iy, iz in indices:
+    for number, (ix, iy, iz) in enumerate(indices):
         if runner.job.interrupted:
             break
         cell = base
         for (_, plan), value in zip(plans, (xs[ix], ys[iy], zs[iz]), strict=True):
             cell = plan.axis.apply(cell, value, plan.values) if plan.axis.apply else cell
-        cells[(ix, iy, iz)] = runner.generate(cell)
+        with runner.job.part(number, len(indices)):  # the bar runs over the whole grid, cell after cell
+            cells[(ix, iy, iz)] = runner.generate(cell)
     return _assemble(base, plans, cells, sizes, runner, bool(legend), bool(lone), bool(sub_grids), int(margin or 0))
 
 

@@ -63,7 +63,7 @@ class Contributions:
 
 
 class Catalog:
-    """Read-only names of what is installed (checkpoints, VAEs, styles), for an extension's choices.
+    """Read-only names of what is installed (checkpoints, VAEs, styles, upscalers), for an extension's choices.
 
     Bound by the server once the engine exists (``bind``); until then, and in tests without one, the lists are empty.
     """
@@ -102,6 +102,10 @@ class Catalog:
 
     def styles(self) -> list[str]:
         return self._names("styles")
+
+    def upscalers(self) -> list[str]:
+        """As ``/sdapi/v1/upscalers`` lists them: None, Lanczos, Nearest, then the models (A1111's index order)."""
+        return self._names("upscalers")
 
 
 def extension_value(request: Any, name: str) -> Any:

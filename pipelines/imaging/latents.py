@@ -17,6 +17,18 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 
+def _claim(vae: Any) -> torch.device:
+    """Bring the VAE onto its execution device and return it.
+
+    The memory policy's offload hooks (accelerate's ``_hf_hook`` protocol) fire on ``forward``; ``encode``/``decode``
+    are not ``forward``, so the hook is asked directly, as diffusers pipelines do before a VAE call.
+    """
+    hook = getattr(vae, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(vae)
+    return next(vae.parameters()).device
+
+
 def _upcast_if_forced(vae: Any) -> None:
     """SDXL's original VAE overflows in fp16 (its config says ``force_upcast``): run it in fp32."""
     if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
@@ -26,7 +38,8 @@ def _upcast_if_forced(vae: Any) -> None:
 def decode_latents(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
     """VAE decode to RGB; fp16 VAEs that overflow (NaN) are upcast to fp32 once and the decode retried."""
     _upcast_if_forced(vae)
-    scaled = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+    device = _claim(vae)
+    scaled = (latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)).to(device)
     with torch.no_grad():
         pixels = vae.decode(scaled.to(vae.dtype)).sample
         if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
@@ -50,7 +63,7 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     sample from the global RNG, which only adds noise ~100x smaller than the first sampling step's).
     """
     _upcast_if_forced(vae)
-    device = next(vae.parameters()).device
+    device = _claim(vae)
     with torch.no_grad():
         latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode()
         if not torch.isfinite(latents).all() and vae.dtype != torch.float32:

@@ -21,11 +21,13 @@ from pipelines.errors import EaselError
 from pipelines.models.checkpoints import CheckpointInfo, HashCache, find_checkpoint, list_checkpoints
 from pipelines.models.devices import available_ram_bytes, module_bytes
 from pipelines.models.loader import LoadedModel, load_checkpoint
+from pipelines.runtime.placement import MemoryPolicy
 
 if TYPE_CHECKING:
     from pipelines.conditioning.encoder import PromptEncoder
     from pipelines.networks.embeddings import EmbeddingSet
     from pipelines.networks.lora import LoraTargets
+    from pipelines.runtime.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 class ActiveModel:
     """A loaded checkpoint and what generation needs to know about it.
 
-    The last three fields are built from the model on first use (by the engine and the network library) and are
+    The last four fields are built from the model on first use (by the engine and the network library) and are
     kept with it, so they are dropped with it when it leaves the RAM cache.
     """
 
@@ -45,6 +47,7 @@ class ActiveModel:
     prompt_encoder: PromptEncoder | None = field(default=None, repr=False, compare=False)
     prompt_encoder_embeddings: EmbeddingSet | None = field(default=None, repr=False, compare=False)  # built with
     lora_targets: LoraTargets | None = field(default=None, repr=False, compare=False)
+    placement: Placement | None = field(default=None, repr=False, compare=False)  # set by the memory policy
 
     @property
     def family(self) -> str:
@@ -66,6 +69,7 @@ class PipelineManager:
         hash_cache: HashCache,
         ram_cache_size: int | None = None,
         allow_pickle: bool = False,
+        memory: MemoryPolicy | None = None,
     ) -> None:
         self.checkpoints_dir = checkpoints_dir
         self.device = device
@@ -73,6 +77,7 @@ class PipelineManager:
         self.hashes = hash_cache
         self.ram_cache_size = ram_cache_size  # None: as many as fit in half the free RAM
         self.allow_pickle = allow_pickle
+        self.memory = MemoryPolicy(device, dtype) if memory is None else memory  # decides where weights live
         self.device_lock = threading.RLock()
         self._load_lock = threading.Lock()
         self._cache: OrderedDict[Path, ActiveModel] = OrderedDict()
@@ -129,11 +134,11 @@ class PipelineManager:
                 return wanted
             previous = self._active
             if previous is not None:
-                self._to(previous, torch.device("cpu"))
+                self.memory.release(previous)
                 self._cache[previous.info.path] = previous
                 self._cache.move_to_end(previous.info.path)
             self._cache.pop(wanted.info.path, None)
-            self._to(wanted, self.device)
+            self.memory.place(wanted)
             self._active = wanted
             self._trim_cache(wanted)
             return wanted
@@ -150,11 +155,11 @@ class PipelineManager:
             yield model
             return
         with self.device_lock:
-            self._to(model, self.device)
+            self.memory.place(model)  # placed by the same policy as the active model (offload when it must)
             try:
                 yield model
             finally:
-                self._to(model, torch.device("cpu"))
+                self.memory.release(model)
 
     def activate_first(self, names: Sequence[str]) -> tuple[ActiveModel | None, dict[str, str]]:
         """Activate the first of ``names`` that loads; also return the ones that did not, with why.
@@ -171,12 +176,6 @@ class PipelineManager:
                 log.warning("skipped checkpoint %s, it could not be loaded: %s", name, reason)
                 skipped[name] = reason
         return None, skipped
-
-    def _to(self, active: ActiveModel, device: torch.device) -> None:
-        if device.type == "cpu" and self.device.type == "cpu":
-            return
-        for module in active.model.modules():
-            module.to(device)
 
     def _trim_cache(self, active: ActiveModel) -> None:
         limit = self.ram_cache_size

@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +95,8 @@ class Job:
         self._preview: tuple[int, Image.Image] | None = None
         self._interrupt = threading.Event()
         self._skip = threading.Event()
+        self._part: tuple[int, int] | None = None  # (index, count) while a script runs one part of its job
+        self._part_steps = 0  # steps of the current part, as its own plan says
 
     def __repr__(self) -> str:
         s = self.snapshot()
@@ -108,6 +112,14 @@ class Job:
     def plan(self, batch_total: int, total_steps: int = 0) -> None:
         """How many batches, and steps across all of them (0 while unknown); the step stays within the total."""
         with self._lock:
+            if self._part is not None:
+                index, count = self._part
+                self._batch_index, self._batch_total = index, count
+                if total_steps > 0:  # while unknown, the previous part's totals keep the bar where it was
+                    self._part_steps = total_steps
+                    self._total_steps = count * total_steps
+                    self._step = self._clamped(index * total_steps)
+                return
             self._batch_total = max(1, batch_total)
             self._total_steps = max(0, total_steps)
             self._step = self._clamped(self._step)
@@ -115,18 +127,45 @@ class Job:
     def start_batch(self, index: int, step: int) -> None:
         """Batch ``index`` begins, ``step`` steps into the job."""
         with self._lock:
-            self._batch_index = index
-            self._step = self._clamped(step)
+            if self._part is None:
+                self._batch_index = index
+            self._step = self._clamped(self._part_offset() + step)
 
     def advance(self, step: int) -> None:
         """The sampler finished ``step`` steps of the whole job (never past the planned total)."""
         with self._lock:
-            self._step = self._clamped(step)
+            self._step = self._clamped(self._part_offset() + step)
 
     def finish_steps(self) -> None:
         """Every planned step is done (a batch may have stopped early on a skip)."""
         with self._lock:
-            self._step = self._total_steps
+            if self._part is not None:
+                self._step = self._clamped(self._part_offset() + self._part_steps)
+            else:
+                self._step = self._total_steps
+
+    @contextmanager
+    def part(self, index: int, count: int) -> Iterator[None]:
+        """Within the block the engine's work counts as part ``index`` of ``count`` of this job (a script's tile).
+
+        A script that calls the engine once per part passes the same job each time; without this each call would
+        plan the job anew and the bar would start over. With it the parts show as batches, steps add up across
+        them (each part's steps as its own plan says), and the ETA runs from the first part's turn.
+        """
+        if not 0 <= index < count:
+            raise ValueError(f"part {index} of {count}")
+        with self._lock:
+            self._part = (index, count)
+            self._batch_index, self._batch_total = index, count
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._part = None
+
+    def _part_offset(self) -> int:
+        """Steps of the parts before the current one (0 outside a part). Called with the lock held."""
+        return self._part[0] * self._part_steps if self._part is not None else 0
 
     def queued_at(self, position: int | None) -> None:
         """Jobs ahead of this one in line; None once it has left the line."""
@@ -134,9 +173,10 @@ class Job:
             self._queue_position = position
 
     def start_clock(self) -> None:
-        """Its turn came: the ETA counts from here, not from joining the line."""
+        """Its turn came: the ETA counts from here, not from joining the line (or a script's first part's turn)."""
         with self._lock:
-            self._started_at = time.monotonic()
+            if self._part is None or self._part[0] == 0:
+                self._started_at = time.monotonic()
 
     def offer_latents(self, latents: Any, step: int, sdxl: bool) -> None:
         """Keep a reference to the newest latents; they become a picture only if someone looks (no per-step cost)."""

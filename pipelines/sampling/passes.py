@@ -51,7 +51,9 @@ class DenoisePass:
         """``(steps in the schedule, start_at_step)``."""
         if self.init_latents is None:
             return self.steps, 0
-        return img2img_start(self.steps, effective_strength(self.steps, self.strength), self.fix_steps)
+        if self.fix_steps:  # A1111 divides by the strength here: at 0 it would schedule no steps at all
+            return img2img_start(self.steps, effective_strength(self.steps, self.strength), True)
+        return img2img_start(self.steps, self.strength)  # strength 0: t_enc 0, one step, as A1111
 
     def blend(self, denoised: torch.Tensor, state: SamplingState | None = None) -> torch.Tensor:
         """A1111's inpaint blend: the original latents where ``keep`` is 1, the prediction elsewhere."""

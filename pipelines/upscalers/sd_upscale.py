@@ -4,7 +4,8 @@ The picture is upscaled by ``scale`` with a chosen upscaler, cut into overlappin
 (``tile_width`` x ``tile_height``, A1111's default overlap 64 px), and each tile is repainted by an img2img call
 ``(tile, seed) -> tile`` that the caller binds (the built-in script binds ``Engine.generate``). The repainted tiles
 are cross-faded over their overlaps exactly as model tiles are (``tiles.tiled_call`` at scale 1), so no seam shows.
-Every tile gets the same seed, as A1111 at batch size 1. Nothing here knows about the UI, the API or the queue.
+``img2img`` receives the same ``seed`` for every tile, in row order; the built-in script numbers the tiles' seeds as
+A1111 does (``extensions/sd_upscale``). Nothing here knows about the UI, the API or the queue.
 """
 
 from __future__ import annotations
@@ -38,16 +39,25 @@ class SdUpscalePlan:
 
 
 def plan_sd_upscale(
-    source: tuple[int, int], scale: float, tile_width: int, tile_height: int, overlap: int = DEFAULT_OVERLAP
+    source: tuple[int, int],
+    scale: float,
+    tile_width: int,
+    tile_height: int,
+    overlap: int = DEFAULT_OVERLAP,
+    resize: bool = True,
 ) -> SdUpscalePlan:
-    """The sizes for upscaling a ``source``-sized picture; EaselError for a scale or tile size that cannot work."""
+    """The sizes for upscaling a ``source``-sized picture; EaselError for a scale or tile size that cannot work.
+
+    As A1111's upscalers, the upscaled size is ``source * scale`` rounded down to a multiple of 8; ``resize`` False
+    keeps the picture's own size (A1111's "None" upscaler: the tiles are repainted without an upscale).
+    """
     if not 1 <= scale <= MAX_SCALE:
         raise EaselError(f"SD upscale: the scale factor must be between 1 and {MAX_SCALE} (got {scale:g})")
     if tile_width < 64 or tile_height < 64 or tile_width % 8 or tile_height % 8:
         raise EaselError(f"SD upscale: tiles must be multiples of 8, at least 64 (got {tile_width}x{tile_height})")
     if overlap < 0:
         raise EaselError(f"SD upscale: the tile overlap cannot be negative (got {overlap})")
-    width, height = round(source[0] * scale), round(source[1] * scale)
+    width, height = (int(source[0] * scale // 8 * 8), int(source[1] * scale // 8 * 8)) if resize else source
     if width < 64 or height < 64:
         raise EaselError(f"SD upscale: the upscaled picture would be {width}x{height}; at least 64x64 is needed")
     tile = (min(tile_width, width // 8 * 8), min(tile_height, height // 8 * 8))

@@ -17,6 +17,7 @@ from pipelines.imaging.upscale import MAX_RESULTS_PIXELS, UpscaleSpec, check_res
 from pipelines.models.checkpoints import HashCache
 from pipelines.networks.embeddings import embedding_shape
 from pipelines.networks.library import NetworkFolders, NetworkLibrary
+from pipelines.runtime.placement import MemorySettings
 from pipelines.settings import PREVIEW_EVERY_MAX, RAM_CACHE_MAX, apply_settings, current_settings
 from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
 
@@ -29,7 +30,7 @@ def engine(tmp_path: Path) -> SimpleNamespace:
     (folders.vae / "sharp.vae.safetensors").write_bytes(b"listed, not loaded")
     networks = NetworkLibrary(folders, HashCache(tmp_path / "hashes.json"))
     upscalers = UpscalerLibrary(UpscalerFolders.from_models_dir(tmp_path / "models"))
-    manager = SimpleNamespace(ram_cache_size=None)
+    manager = SimpleNamespace(ram_cache_size=None, memory=SimpleNamespace(settings=MemorySettings()))
     return SimpleNamespace(settings=EngineSettings(), manager=manager, networks=networks, upscalers=upscalers)
 
 
@@ -145,3 +146,12 @@ def test_sampling_settings_are_checked_and_applied(engine: SimpleNamespace) -> N
         with pytest.raises(EaselError):
             apply_settings(engine, bad)
     assert engine.settings.randn_source == "CPU"  # a refused change leaves the value alone
+
+
+def test_memory_mode_and_vae_tiling_are_settings(engine: SimpleNamespace) -> None:
+    changed = apply_settings(engine, {"memory_mode": "medium", "vae_tiling": "on"})
+    assert set(changed) == {"memory_mode", "vae_tiling"}
+    assert engine.manager.memory.settings.memory == "medium" and engine.manager.memory.settings.vae_tiling == "on"
+    with pytest.raises(EaselError, match="memory_mode must be one of auto, high, medium, low"):
+        apply_settings(engine, {"memory_mode": "huge"})
+    assert current_settings(engine)["memory_mode"] == "medium"

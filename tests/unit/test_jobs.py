@@ -80,3 +80,30 @@ def test_job_changes_only_through_its_methods() -> None:
     assert job.snapshot().skip_requested and job.take_skip() and not job.skip_requested
     job.interrupt()
     assert job.snapshot().interrupted
+
+
+def test_parts_of_a_script_job_add_up_and_the_clock_runs_from_the_first() -> None:
+    job = Job()
+    with job.part(0, 3):  # e.g. an upscale of 4 model tiles
+        job.plan(1)
+        job.plan(1, 4)
+        job.start_batch(0, 0)
+        job.advance(2)
+        assert (job.step, job.total_steps, job.batch_index, job.batch_total) == (2, 12, 0, 3)
+        job.finish_steps()
+    started = job.started_at
+    with job.part(1, 3):  # then a generation of 3 steps
+        job.start_clock()
+        job.plan(1)  # unknown yet: the bar stays where it was
+        assert (job.step, job.total_steps, job.batch_index) == (4, 12, 1)
+        job.plan(1, 3)
+        job.advance(3)
+        assert (job.step, job.total_steps) == (6, 9) and job.snapshot().batch_step == 3
+    with job.part(2, 3):
+        job.plan(1, 3)
+        job.finish_steps()
+    assert job.fraction == 1.0 and job.started_at == started
+    job.plan(2, 10)  # outside a part, a plan is the whole job's again
+    assert (job.total_steps, job.batch_total) == (10, 2)
+    with pytest.raises(ValueError, match="part 3 of 3"), job.part(3, 3):
+        pass

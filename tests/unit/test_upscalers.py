@@ -238,5 +238,6 @@ def test_sd_upscale_tiles_blend_and_keep_the_size(library: UpscalerLibrary) -> N
         plan_sd_upscale((60, 40), 2, 100, 64)
     with pytest.raises(EaselError, match="scale factor"):
         plan_sd_upscale((60, 40), 9, 64, 64)
-    small = plan_sd_upscale((41, 36), 2, 512, 512)
-    assert small.tile == (80, 72) and small.tiles == 2  # a side smaller than a tile: tiles a multiple of 8 inside
+    assert plan_sd_upscale((45, 50), 1.5, 64, 64).size == (64, 72)  # A1111: rounded down to a multiple of 8
+    small = plan_sd_upscale((82, 72), 3, 512, 512, resize=False)  # "None": the picture keeps its own size
+    assert small.size == (82, 72) and small.tile == (80, 72) and small.tiles == 2  # tiles a multiple of 8 inside

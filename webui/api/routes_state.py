@@ -75,6 +75,7 @@ def build_state_router(engine: Engine, settings: ApiSettings) -> APIRouter:
 
     @router.get("/memory")
     def memory() -> dict[str, Any]:
-        return memory_stats(engine.manager.device)
+        """A1111's ``ram`` and ``cuda`` numbers, and Easel's memory policy: the mode chosen last and why."""
+        return {**memory_stats(engine.manager.device), "policy": engine.manager.memory.status()}
 
     return router

@@ -19,6 +19,7 @@ from pipelines.metadata.filenames import TAGS
 from pipelines.sampling.rng import SOURCES
 from pipelines.settings import (
     CLIP_SKIP_MAX,
+    MEMORY_SETTINGS,
     PREVIEW_EVERY_MAX,
     RAM_CACHE_MAX,
     SAMPLING_BOUNDS,
@@ -141,6 +142,21 @@ SECTIONS: dict[str, list[Setting]] = {
             "number",
             0,
             RAM_CACHE_MAX,
+        ),
+        Setting(
+            "memory_mode",
+            "GPU memory mode",
+            "auto: chosen per picture from free VRAM; high: all resident; medium: one component at a time "
+            "(A1111's --medvram); low: block offload (--lowvram). The command line's --memory wins.",
+            "radio",
+            choices=lambda _ctx: list(MEMORY_SETTINGS["memory_mode"]),
+        ),
+        Setting(
+            "vae_tiling",
+            "VAE tiling",
+            "auto: when a decode would not fit; on: always; off: never",
+            "radio",
+            choices=lambda _ctx: list(MEMORY_SETTINGS["vae_tiling"]),
         ),
     ],
     "Upscaling": [
