@@ -35,3 +35,26 @@ def test_type_prompt_generate_and_see_image_in_gallery(server, tmp_path: Path) -
         assert "a small red house by a lake" in info.input_value()
     saved = list(outputs.glob("txt2img-images/*/*-4242.png"))
     assert len(saved) == 1
+
+
+def test_refiner_picked_in_the_ui_reaches_the_engine(server, tmp_path: Path) -> None:
+    """The Refiner accordion's values travel in a State (the positional API stays): picked, they reach the infotext."""
+    url, _ = server
+    with browser_page(tmp_path / "profile") as page:
+        page.goto(url)
+        page.locator("#txt2img_prompt textarea").wait_for(timeout=30_000)
+        page.locator("#txt2img_prompt textarea").fill("a lighthouse")
+        page.locator("#txt2img_refiner_accordion").click()
+        page.locator("#txt2img_refiner_checkpoint input").click()
+        page.get_by_role("option", name="tiny-sd1.safetensors", exact=True).click()
+        set_number(page, "txt2img_refiner_switch_at", 0.5)
+        set_number(page, "txt2img_steps", 4)
+        set_number(page, "txt2img_width", 64)
+        set_number(page, "txt2img_height", 64)
+        set_number(page, "txt2img_seed", 777)
+        page.locator("#txt2img_generate").click()
+        info = page.locator("#txt2img_info textarea")
+        page.wait_for_function("el => el.value.includes('Seed: 777')", arg=info.element_handle(), timeout=60_000)
+        page.screenshot(path=str(tmp_path / "refiner.png"), full_page=True)
+        text = info.input_value()
+    assert "Refiner: tiny-sd1" in text and "Refiner switch at: 0.5" in text

@@ -111,8 +111,12 @@ def build_param_panel(tab: str, default_size: int = 512, checkpoints: list[str] 
             panel.refiner["refiner_switch_at"] = build("refiner_switch_at", tab)
         panel.refiner_state = gr.State({})
         widgets = [panel.refiner[name] for name in REFINER_FIELDS]
+
+        def collect(*values: Any) -> dict[str, Any]:  # Gradio passes each widget's value as its own argument
+            return refiner_kwargs(values)
+
         for widget in widgets:
-            widget.change(refiner_kwargs, widgets, panel.refiner_state, queue=False, api_visibility="private")
+            widget.change(collect, widgets, panel.refiner_state, queue=False, api_visibility="private")
     return panel
 
 
