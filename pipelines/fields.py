@@ -339,7 +339,7 @@ def _when(condition: Callable[[Any], bool], value: Callable[[Any], object]) -> W
 
 
 def _variation_seed(request: Any, seed: int) -> object:
-    from pipelines.sampling.variations import image_subseeds
+    from pipelines.sampling.rng import image_subseeds
 
     if not request.subseed_strength:
         return None

@@ -34,10 +34,9 @@ from pipelines.sampling.hires import hires_steps, request_hires_size, second_pas
 from pipelines.sampling.k_samplers import SamplerOptions, resolve_sampler
 from pipelines.sampling.loop import plan as plan_run
 from pipelines.sampling.loop import sample
-from pipelines.sampling.passes import DenoisePass, img2img_pass, inpaint_pass, txt2img_pass
-from pipelines.sampling.rng import ImageRNG, rng_infotext
+from pipelines.sampling.passes import DenoisePass, img2img_pass, inpaint_pass, pass_schedule, txt2img_pass
+from pipelines.sampling.rng import ImageRNG, image_subseeds, rng_infotext
 from pipelines.sampling.schedules import ModelSigmas
-from pipelines.sampling.variations import image_subseeds
 from pipelines.upscalers.extras import run_extras
 from pipelines.upscalers.library import UpscalerFolders, UpscalerLibrary
 
@@ -440,20 +439,20 @@ class Engine:
         sigmas = ModelSigmas.from_scheduler_config(config, is_sdxl=active.model.is_sdxl)
         return UNetDenoiser(active.model.unet, sigmas, config.get("prediction_type") or "epsilon")
 
-    def _pass_steps(self, active: ActiveModel, run: DenoisePass) -> int:
-        """Steps the sampler reports for one pass (what progress counts)."""
-        spec = resolve_sampler(run.sampler)
-        total, start = run.schedule_steps()
+    def _pass_steps(
+        self, active: ActiveModel, sampler: str, schedule: str, scheduled: tuple[int, int], img2img: bool
+    ) -> int:
+        """Steps the sampler reports for one pass (what progress counts), from ``pass_schedule``'s answer."""
+        spec = resolve_sampler(sampler)
+        total, start = scheduled
         sigmas = ModelSigmas.from_scheduler_config(active.model.scheduler_config, is_sdxl=active.model.is_sdxl)
-        return plan_run(spec, run.schedule, total, sigmas.lcm() if spec.lcm else sigmas, start, run.img2img).total_steps
+        return plan_run(spec, schedule, total, sigmas.lcm() if spec.lcm else sigmas, start, img2img).total_steps
 
     def _sampled_steps(self, request: GenerationRequest, active: ActiveModel) -> int:
         """Steps one batch runs: the first pass (img2img runs about ``steps * strength``) plus the hires pass."""
-        shape = (4, 8, 8)
-        first = DenoisePass(request.sampler, request.schedule_type, request.steps, shape)
-        if request.mode != "txt2img":
-            first = replace(first, init_latents=torch.zeros(1, *shape), strength=request.denoising_strength)
-        steps = self._pass_steps(active, first)
+        strength = None if request.mode == "txt2img" else request.denoising_strength
+        scheduled = pass_schedule(request.steps, strength)
+        steps = self._pass_steps(active, request.sampler, request.schedule_type, scheduled, strength is not None)
         if request.mode == "txt2img" and request.enable_hr:
             steps += hires_steps(request)
         return steps

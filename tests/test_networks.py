@@ -23,7 +23,7 @@ from pipelines.models.tiny_models import build_tiny_components
 from pipelines.networks.embeddings import EmbeddingLibrary
 from pipelines.networks.lora import LoraTargets, applied_loras, lora_delta, parse_lora_state_dict
 from pipelines.requests import GenerationRequest
-from pipelines.sampling.variations import paste_centred, variation_noise
+from pipelines.sampling.rng import ImageRNG, paste_centred
 
 FAST = {"steps": 3, "width": 64, "height": 64, "cfg_scale": 5.0, "save": False}
 
@@ -365,10 +365,13 @@ def test_variation_seed_blends_two_noises(net_engine: Engine) -> None:
 
 
 def test_resize_seed_from_pastes_the_old_noise_centred() -> None:
-    small = variation_noise([3], (4, 6, 6))[0]
-    big = variation_noise([3], (4, 10, 8), resize_from=(48, 48))[0]
+    def noise(shape: tuple[int, int, int], resize_from: tuple[int, int] | None = None) -> torch.Tensor:
+        return ImageRNG(shape, [3], source="CPU", resize_from=resize_from).first()[0]
+
+    small = noise((4, 6, 6))
+    big = noise((4, 10, 8), resize_from=(48, 48))
     torch.testing.assert_close(big[:, 2:8, 1:7], small)
-    assert torch.equal(variation_noise([3], (4, 6, 6), resize_from=(48, 48)), variation_noise([3], (4, 6, 6)))
+    assert torch.equal(noise((4, 6, 6), resize_from=(48, 48)), noise((4, 6, 6)))
     cropped = paste_centred(torch.arange(16.0).reshape(1, 4, 4), torch.zeros(1, 2, 2))
     assert cropped.flatten().tolist() == [5.0, 6.0, 9.0, 10.0]
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipelines.errors import EaselError
-from pipelines.sampling.strength import effective_strength, img2img_steps
+from pipelines.sampling.strength import effective_strength
 
 if TYPE_CHECKING:
     from pipelines.requests import GenerationRequest
@@ -100,10 +100,6 @@ def check_hires(request: GenerationRequest, upscalers: Collection[str] = HIRES_U
 def hires_steps(request: GenerationRequest) -> int:
     """The step count the second pass is scheduled with (its sampler runs ``steps * denoising strength``)."""
     return request.hr_second_pass_steps or request.steps
-
-
-def hires_sampled_steps(request: GenerationRequest) -> int:
-    return img2img_steps(hires_steps(request), request.denoising_strength)
 
 
 def upscale_latents(latents: torch.Tensor, size: HiresSize, upscaler: str) -> torch.Tensor:

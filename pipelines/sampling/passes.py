@@ -24,6 +24,15 @@ from pipelines.sampling.loop import img2img_start
 from pipelines.sampling.strength import effective_strength
 
 
+def pass_schedule(steps: int, strength: float | None, fix_steps: bool = False) -> tuple[int, int]:
+    """``(steps in the schedule, start_at_step)`` of a pass: txt2img when ``strength`` is None, else img2img."""
+    if strength is None:
+        return steps, 0
+    if fix_steps:  # A1111 divides by the strength here: at 0 it would schedule no steps at all
+        return img2img_start(steps, effective_strength(steps, strength), True)
+    return img2img_start(steps, strength)  # strength 0: t_enc 0, one step, as A1111
+
+
 @dataclass(frozen=True)
 class DenoisePass:
     """One batch's sampling run. ``init_latents`` None: txt2img from noise; else img2img at ``strength``.
@@ -49,11 +58,7 @@ class DenoisePass:
 
     def schedule_steps(self) -> tuple[int, int]:
         """``(steps in the schedule, start_at_step)``."""
-        if self.init_latents is None:
-            return self.steps, 0
-        if self.fix_steps:  # A1111 divides by the strength here: at 0 it would schedule no steps at all
-            return img2img_start(self.steps, effective_strength(self.steps, self.strength), True)
-        return img2img_start(self.steps, self.strength)  # strength 0: t_enc 0, one step, as A1111
+        return pass_schedule(self.steps, None if self.init_latents is None else self.strength, self.fix_steps)
 
     def blend(self, denoised: torch.Tensor, state: SamplingState | None = None) -> torch.Tensor:
         """A1111's inpaint blend: the original latents where ``keep`` is 1, the prediction elsewhere."""

@@ -137,6 +137,11 @@ class SeedNoise:
         return noise.to(self.device)
 
 
+def image_subseeds(seed: int, subseed: int, seeds: Sequence[int]) -> list[int]:
+    """Each image's variation seed: it advances with the image's seed, as A1111's ``subseed + i`` does."""
+    return [subseed + (image_seed - seed) for image_seed in seeds]
+
+
 def seed_noise(
     seed: int, shape: Sequence[int], source: str = DEFAULT_SOURCE, device: torch.device | str = "cpu"
 ) -> torch.Tensor:

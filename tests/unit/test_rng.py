@@ -18,9 +18,9 @@ from pipelines.sampling.rng import (
     philox4x32_10,
     rng_infotext,
     seed_noise,
+    slerp,
     source_from_infotext,
 )
-from pipelines.sampling.variations import variation_noise
 
 SHAPE = (4, 8, 6)
 
@@ -183,10 +183,24 @@ def test_cpu_source_is_torch_cpu_generator_and_gpu_on_cpu_is_the_same() -> None:
         ((4, 8, 6), (), 0.0, (48, 64)),  # the same size: no resize
     ],
 )
-def test_cpu_variation_noise_is_bit_identical_to_variations(shape, subseeds, strength, resize_from) -> None:
+def test_cpu_noise_is_torch_randn_with_variation_and_resize(shape, subseeds, strength, resize_from) -> None:
+    """The CPU source is plain ``torch.randn`` per seed; variation slerps two such draws, resize pastes one centred."""
+
+    def randn(seed: int, size: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(size, generator=torch.Generator("cpu").manual_seed(seed))
+
     seeds = [11, 12, 13]
+    initial = shape if resize_from is None else (shape[0], resize_from[1] // 8, resize_from[0] // 8)
+    expected = []
+    for index, seed in enumerate(seeds):
+        noise = randn(seed, initial)
+        if strength and index < len(subseeds):
+            noise = slerp(strength, noise, randn(subseeds[index], initial))
+        if tuple(initial) != tuple(shape):
+            noise = paste_centred(noise, randn(seed, shape))
+        expected.append(noise)
     rng = ImageRNG(shape, seeds, source="CPU", subseeds=subseeds, subseed_strength=strength, resize_from=resize_from)
-    assert torch.equal(rng.first(), variation_noise(seeds, shape, subseeds, strength, resize_from))
+    assert torch.equal(rng.first(), torch.stack(expected))
 
 
 def test_variation_blends_towards_the_variation_seed() -> None:
