@@ -45,6 +45,7 @@ def diffusers_pipeline(active: Any, mode: str = "txt2img", scheduler: Any = None
             unet=m.unet,
             scheduler=scheduler,
             force_zeros_for_empty_prompt=False,
+            add_watermarker=False,  # the invisible watermark is post-processing Easel does not do
         )
     return _SD[mode](
         vae=m.vae,

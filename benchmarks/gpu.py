@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from diffusers_baseline import diffusers_pipeline  # noqa: E402
 
 GiB = 1 << 30
 PROMPT = "a lighthouse on a cliff at dusk, oil painting, dramatic clouds"
@@ -116,38 +117,6 @@ def timed(device: torch.device, fn) -> tuple[float, float | None]:
     return seconds, peak
 
 
-def bare_pipeline(active: Any) -> Any:
-    """diffusers' own pipeline class around Easel's modules, with the Euler scheduler (Easel's "Euler" sampler)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    m = active.model
-    scheduler = EulerDiscreteScheduler.from_config(m.scheduler_config)
-    if m.is_sdxl:
-        pipe = StableDiffusionXLPipeline(
-            vae=m.vae,
-            text_encoder=m.text_encoders[0],
-            text_encoder_2=m.text_encoders[1],
-            tokenizer=m.tokenizers[0],
-            tokenizer_2=m.tokenizers[1],
-            unet=m.unet,
-            scheduler=scheduler,
-            add_watermarker=False,
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=m.vae,
-            text_encoder=m.text_encoders[0],
-            tokenizer=m.tokenizers[0],
-            unet=m.unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         from pipelines.generate import Engine, EngineSettings
@@ -213,7 +182,8 @@ class Bench:
         print(f"{family}: built and saved in {built:.0f} s ({gib:.2f} GiB), loaded in {loaded:.0f} s")
         request = self.request(family)
         self.engine.generate(replace(request, steps=2))  # warm-up: kernels, cuDNN autotuning, allocator
-        pipe = bare_pipeline(active)
+        pipe = diffusers_pipeline(active)
+        pipe.set_progress_bar_config(disable=True)
         size = {"height": request.height, "width": request.width}
         with torch.no_grad():
             pipe(PROMPT, num_inference_steps=2, guidance_scale=7.0, **size)
