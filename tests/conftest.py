@@ -13,6 +13,8 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from pipelines.extensions.loader import BUILTIN_DIR, LoadedExtensions, load_extensions  # noqa: E402
+from pipelines.extensions.state import ExtensionState  # noqa: E402
 from pipelines.generate import Engine, EngineSettings  # noqa: E402
 from pipelines.models.checkpoints import HashCache  # noqa: E402
 from pipelines.models.manager import PipelineManager  # noqa: E402
@@ -83,6 +85,14 @@ def make_engine(models_dir: Path) -> Callable[[Path], Engine]:
         return Engine(manager, outputs, EngineSettings(preview_every=1))
 
     return make
+
+
+@pytest.fixture
+def builtins(tmp_path: Path) -> Iterator[LoadedExtensions]:
+    """The built-in extensions, loaded as the server loads them, with their state in this test's folder."""
+    extensions = load_extensions(None, BUILTIN_DIR, ExtensionState(tmp_path / "state.json"))
+    yield extensions
+    extensions.unload()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ upscaler by index or name, progress across tiles, an interrupt between tiles, th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipelines.errors import EaselError
-from pipelines.extensions.loader import BUILTIN_DIR, LoadedExtensions, load_extensions
-from pipelines.extensions.state import ExtensionState
+from pipelines.extensions.loader import LoadedExtensions
 from pipelines.generate import Engine
 from pipelines.metadata.infotext import parse_infotext
 from pipelines.requests import GenerationRequest
@@ -22,16 +21,9 @@ from tests.upscaler_models import add_upscalers
 
 
 @pytest.fixture
-def builtins(tmp_path: Path) -> Iterator[LoadedExtensions]:
-    extensions = load_extensions(None, BUILTIN_DIR, ExtensionState(tmp_path / "state.json"))
-    assert extensions.get("sd_upscale").active  # type: ignore[union-attr]
-    yield extensions
-    extensions.unload()
-
-
-@pytest.fixture
 def engine(make_engine: Callable[[Path], Engine], tmp_path: Path, builtins: LoadedExtensions) -> Engine:
     engine = make_engine(tmp_path / "outputs")
+    assert builtins.get("sd_upscale").active  # type: ignore[union-attr]
     engine.hooks = builtins.hooks
     add_upscalers(tmp_path / "models")
     engine.upscalers = UpscalerLibrary(UpscalerFolders.from_models_dir(tmp_path / "models"), tile=32, tile_overlap=4)

@@ -4,15 +4,14 @@ checkpoint axis over two tiny checkpoints that switches models once per value (t
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipelines.errors import EaselError
-from pipelines.extensions.loader import BUILTIN_DIR, MODULE_PREFIX, LoadedExtensions, load_extensions
-from pipelines.extensions.state import ExtensionState
+from pipelines.extensions.loader import MODULE_PREFIX, LoadedExtensions
 from pipelines.generate import Engine
 from pipelines.metadata.infotext import parse_infotext
 from pipelines.requests import GenerationRequest
@@ -22,16 +21,9 @@ NOTHING = ["", []]
 
 
 @pytest.fixture
-def builtins(tmp_path: Path) -> Iterator[LoadedExtensions]:
-    extensions = load_extensions(None, BUILTIN_DIR, ExtensionState(tmp_path / "state.json"))
-    assert extensions.get("xyz_grid").active  # type: ignore[union-attr]
-    yield extensions
-    extensions.unload()
-
-
-@pytest.fixture
 def engine(make_engine: Callable[[Path], Engine], tmp_path: Path, builtins: LoadedExtensions) -> Engine:
     engine = make_engine(tmp_path / "outputs")
+    assert builtins.get("xyz_grid").active  # type: ignore[union-attr]
     engine.hooks = builtins.hooks
     builtins.catalog.bind(checkpoints=lambda: [c.name for c in engine.manager.checkpoints])
     engine.manager.activate("tiny-sd1.safetensors")
