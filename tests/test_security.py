@@ -135,7 +135,11 @@ def test_only_outputs_and_assets_are_served_as_files(server) -> None:
     assert session.post(url + "/login", data={"username": USER, "password": AUTH[1]}, timeout=TIMEOUT).ok
     kept = outputs / "txt2img-images" / "kept.png"
     assert session.get(f"{url}/gradio_api/file={kept.resolve()}", timeout=TIMEOUT).status_code == 200
+    deleted = outputs / ".trash" / "20261201-000000-abc" / "txt2img-images" / "deleted.png"
+    deleted.parent.mkdir(parents=True, exist_ok=True)
+    deleted.write_bytes(kept.read_bytes())
     for path in (
+        str(deleted.resolve()),
         "/etc/passwd",
         str((ROOT / "pyproject.toml").resolve()),
         str((models / "Stable-diffusion" / "tiny-sd1.safetensors").resolve()),

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
+from pipelines.metadata.history import TRASH_FOLDER
 from webui.api import ApiSettings, build_api_router, install_error_handlers, public_cmd_flags
 from webui.api.routes_easel import build_easel_router
 from webui.config import ServerConfig
@@ -64,7 +65,8 @@ def build_server_app(
     # Gradio's own line only feeds the engine's (the one that is bounded and shown): it just must not be shorter.
     blocks.queue(default_concurrency_limit=1, max_size=max(64, 2 * ctx.engine.queue.max_size))
     outputs = Path(ctx.engine.outputs_dir).resolve()
-    blocked = {config.models_dir.resolve(), config.ckpt_dir.resolve()}
+    # deleted images stay in outputs/.trash until emptied: restorable from History, never served as files
+    blocked = {config.models_dir.resolve(), config.ckpt_dir.resolve(), outputs / TRASH_FOLDER}
     gr.mount_gradio_app(
         app,
         blocks,
