@@ -7,6 +7,7 @@ cancelling hers, lets ann (admin) cancel his. Browser: the History tab and the q
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -242,6 +243,26 @@ def test_each_user_sees_their_own_job_and_others_anonymised(server) -> None:
     threads[1].join(120)
     wait_for(lambda: queue(server, BOB)["jobs"] == [])
     assert requests.get(f"{server.url}/easel/queue", timeout=TIMEOUT).status_code == 401
+
+
+def test_progress_interrupt_and_skip_act_on_ones_own_job(server) -> None:
+    """A1111's /progress, /interrupt and /skip on a shared server: bob neither watches nor stops ann's job."""
+    results: dict[str, requests.Response] = {}
+    thread = start_generation(server, AUTH, "ann's private portrait", results)
+    wait_for(lambda: get(server, "/sdapi/v1/progress").json()["current_image"])  # ann sees her preview
+    seen = get(server, "/sdapi/v1/progress", auth=BOB).json()
+    assert seen["current_image"] is None and seen["progress"] == 0 and seen["state"]["sampling_step"] == 0
+    assert "another user" in seen["textinfo"].lower() and seen["state"]["job_count"] == 1
+    for verb in ("interrupt", "skip"):
+        refused = requests.post(f"{server.url}/sdapi/v1/{verb}", auth=BOB, timeout=TIMEOUT)
+        assert refused.status_code == 403 and "another user" in refused.json()["detail"], verb
+    mine = get(server, "/sdapi/v1/progress").json()
+    assert not mine["state"]["interrupted"] and not mine["state"]["skipped"] and mine["progress"] > 0
+    assert requests.post(f"{server.url}/sdapi/v1/interrupt", auth=AUTH, timeout=TIMEOUT).status_code == 200
+    thread.join(120)
+    assert json.loads(results["ann's private portrait"].json()["info"])["interrupted"] is True
+    idle = requests.post(f"{server.url}/sdapi/v1/interrupt", auth=BOB, timeout=TIMEOUT)
+    assert idle.status_code == 200  # nothing running: a no-op, as A1111
 
 
 # -- browser ------------------------------------------------------------------------------------------------------

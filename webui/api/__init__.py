@@ -40,7 +40,7 @@ def build_api_router(ctx: AppContext, settings: ApiSettings) -> APIRouter:
     engine = ctx.engine
     router = APIRouter(prefix=PREFIX, tags=["sdapi"])
     router.include_router(build_generation_router(engine, settings))
-    router.include_router(build_state_router(engine, settings))
+    router.include_router(build_state_router(engine, settings, ctx.is_admin))
     router.include_router(build_models_router(engine))
     router.include_router(build_networks_router(engine))
     router.include_router(build_images_router(engine, settings))
