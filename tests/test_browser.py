@@ -58,3 +58,38 @@ def test_refiner_picked_in_the_ui_reaches_the_engine(server, tmp_path: Path) -> 
         page.screenshot(path=str(tmp_path / "refiner.png"), full_page=True)
         text = info.input_value()
     assert "Refiner: tiny-sd1" in text and "Refiner switch at: 0.5" in text
+
+
+def test_pickers_follow_the_server_after_a_reload_and_a_rescan(launch, models_dir: Path, tmp_path: Path) -> None:
+    """The top picker shows the checkpoint active now (an API client switched it), and ↻ refreshes the refiners."""
+    import requests
+
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    source = models_dir / "Stable-diffusion" / "tiny-sd1.safetensors"
+    for name in ("first.safetensors", "second.safetensors"):
+        (ckpts / name).symlink_to(source)
+    with (
+        launch("pickers", "--ckpt-dir", str(ckpts), "--ckpt", "first.safetensors") as server,
+        browser_page(tmp_path / "profile") as page,
+    ):
+        page.goto(server.url)
+        picker = page.locator("#easel_checkpoint input")
+        picker.wait_for(timeout=30_000)
+        before = picker.input_value()
+        other = "second.safetensors" if before.startswith("first") else "first.safetensors"
+        switched = requests.post(f"{server.url}/sdapi/v1/options", json={"sd_model_checkpoint": other}, timeout=60)
+        assert switched.status_code == 200, switched.text
+        page.reload()
+        page.wait_for_function(
+            "name => (document.querySelector('#easel_checkpoint input') || {}).value === name",
+            arg=other,
+            timeout=30_000,
+        )
+        (ckpts / "added-later.safetensors").symlink_to(source)
+        page.locator("#easel_refresh").click()
+        page.locator("#txt2img_refiner_accordion").click()
+        page.locator("#txt2img_refiner_checkpoint input").click()
+        page.get_by_role("option", name="added-later.safetensors", exact=True).wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "pickers.png"), full_page=True)
+        assert picker.input_value() == other  # the rescan kept the active model, no switch back

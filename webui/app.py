@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines.errors import EaselError
+from pipelines.fields import NO_REFINER
 from webui.context import AppContext
 from webui.extensions_ui import build_extension_tabs
 from webui.image_inputs import wire_send_buttons
@@ -107,8 +108,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         apply_ui_defaults(app, ctx.settings.ui, ctx.engine.settings.clip_skip)  # ui-config.json: before the config
 
         def switch(name: str | None):
-            if not name:
-                return gr.update(), gr.update()
+            if not name or name == ctx.active_name():  # e.g. a page load showing the model already active
+                return _model_status(ctx), banner_text(ctx)
             try:
                 ctx.engine.switch_checkpoint(name)
                 ctx.save_settings()  # the checkpoint is back after a restart
@@ -120,7 +121,13 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             names = [c.name for c in ctx.engine.manager.refresh()]
             if not names:
                 gr.Warning(f"No checkpoint found in {ctx.engine.manager.checkpoints_dir}")
-            return gr.update(choices=names, value=ctx.active_name())
+            refiners = [gr.update(choices=[NO_REFINER, *names]) for _ in ctx.checkpoint_lists]
+            return gr.update(choices=names, value=ctx.active_name()), *refiners
+
+        def current():
+            """On page load: the checkpoint active now (another user or an API client may have switched it)."""
+            names = ctx.checkpoint_names()
+            return gr.update(choices=names, value=ctx.active_name()), _model_status(ctx), banner_text(ctx)
 
         checkpoint.change(
             switch,
@@ -130,7 +137,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             concurrency_limit=1,
             concurrency_id="device",
         )
-        refresh.click(rescan, None, checkpoint, api_name="refresh_checkpoints", queue=False)
+        refresh.click(rescan, None, [checkpoint, *ctx.checkpoint_lists], api_name="refresh_checkpoints", queue=False)
+        app.load(current, None, [checkpoint, model_status, banner], api_visibility="private", queue=False)
     return app
 
 

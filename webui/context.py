@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.extensions.loader import LoadedExtensions
 from pipelines.generate import Engine
@@ -23,6 +24,8 @@ class AppContext:
 
     settings: SettingsStore = field(default_factory=lambda: SettingsStore.open(None))  # config.json, ui-config.json
     startup_notes: list[str] = field(default_factory=list)  # e.g. the remembered checkpoint is gone: shown in the UI
+    # dropdowns besides the top picker that list checkpoints (the refiners): the ↻ button refreshes them too
+    checkpoint_lists: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.history = OutputHistory(self.engine.outputs_dir)

@@ -49,6 +49,7 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
             resize_mode = build("resize_mode", "img2img")
             denoising = build("denoising_strength", "img2img")
             panel = build_param_panel("img2img", checkpoints=ctx.checkpoint_names())
+            ctx.checkpoint_lists.append(panel.refiner["refiner_checkpoint"])
             ext = build_extension_inputs(ctx, "img2img")
         with gr.Column(scale=1):
             out = build_output_panel("img2img")

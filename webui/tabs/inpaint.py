@@ -115,6 +115,7 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
                         "Outpaint", variant="primary", elem_id="outpaint_generate", scale=0, min_width=160
                     )
             panel = build_param_panel("inpaint", checkpoints=ctx.checkpoint_names())
+            ctx.checkpoint_lists.append(panel.refiner["refiner_checkpoint"])
             ext = build_extension_inputs(ctx, "inpaint")
         with gr.Column(scale=1):
             out = build_output_panel("inpaint")

@@ -55,6 +55,7 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
     with gr.Row():
         with gr.Column(scale=1):
             panel = build_param_panel("txt2img", checkpoints=ctx.checkpoint_names())
+            ctx.checkpoint_lists.append(panel.refiner["refiner_checkpoint"])
             extras = build_generation_extras("txt2img", ctx.engine.upscalers.hires_names())
             ext = build_extension_inputs(ctx, "txt2img")
         with gr.Column(scale=1):
