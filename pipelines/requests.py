@@ -234,3 +234,44 @@ class GenerationResult:
     styles: tuple[str, ...] = ()  # the styles applied to the prompts
     vae_name: str | None = None  # the VAE file decoded with; None: the checkpoint's own
     vae_hash: str | None = None
+
+    @classmethod
+    def combined(
+        cls,
+        request: GenerationRequest,
+        parts: list[GenerationResult],
+        images: list[Image.Image],
+        seeds: list[int],
+        infotexts: list[str],
+        paths: list[Path],
+        *,
+        interrupted: bool,
+        subseeds: list[int],
+        prompts: list[str],
+        negative_prompts: list[str],
+    ) -> GenerationResult:
+        """A script's result made of the results it ran (grids, tiles): their warnings once each, the model of the last.
+
+        ``request`` is the script's own request; the result carries it without the script, so running it again from
+        the result (e.g. "send to") is a plain generation.
+        """
+        warnings: list[str] = []
+        for part in parts:
+            warnings += [w for w in part.warnings if w not in warnings]
+        last = parts[-1] if parts else None
+        return cls(
+            images,
+            seeds,
+            infotexts,
+            paths,
+            replace(request, script=None, script_args=()),
+            last.model_name if last else "",
+            last.model_hash if last else None,
+            warnings=warnings,
+            interrupted=interrupted,
+            subseeds=subseeds,
+            prompts=prompts,
+            negative_prompts=negative_prompts,
+            vae_name=last.vae_name if last else None,
+            vae_hash=last.vae_hash if last else None,
+        )

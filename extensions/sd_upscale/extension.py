@@ -173,25 +173,17 @@ def run(request: GenerationRequest, args: list[Any], runner: ScriptRunner) -> Ge
         seeds.append(start)
         infotexts.append(text)
         paths += [saved] if saved else []
-    last = done[-1] if done else None
-    warnings: list[str] = []
-    for result in done:
-        warnings += [w for w in result.warnings if w not in warnings]
-    return GenerationResult(
+    return GenerationResult.combined(
+        base,
+        done,
         images,
         seeds,
         infotexts,
         paths,
-        replace(base, script=None, script_args=()),
-        last.model_name if last else "",
-        last.model_hash if last else None,
-        warnings=warnings,
         interrupted=interrupted,
         subseeds=[base.subseed] * len(images),
         prompts=[base.prompt] * len(images),
         negative_prompts=[base.negative_prompt] * len(images),
-        vae_name=last.vae_name if last else None,
-        vae_hash=last.vae_hash if last else None,
     )
 
 

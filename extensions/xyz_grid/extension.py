@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -152,14 +152,12 @@ def _assemble(
                 images.append(grid)
                 seeds.append(first.seeds[0])
                 infotexts.append(grid_text)
-    warnings: list[str] = []
     interrupted = len(cells) < sizes[0] * sizes[1] * sizes[2] or any(r.interrupted for r in cells.values())
     subseed = first.subseeds[0] if first.subseeds else base.subseed
     subseeds = [subseed] * len(images)
     prompts = [first.prompts[0] if first.prompts else base.prompt] * len(images)
     negatives = [first.negative_prompts[0] if first.negative_prompts else base.negative_prompt] * len(images)
     for result in cells.values():
-        warnings += [w for w in result.warnings if w not in warnings]
         paths += result.paths
         if lone:
             images += result.images
@@ -168,22 +166,17 @@ def _assemble(
             subseeds += result.subseeds or [subseed] * len(result.images)
             prompts += result.prompts or [result.request.prompt] * len(result.images)
             negatives += result.negative_prompts or [result.request.negative_prompt] * len(result.images)
-    last = done[-1]
-    return GenerationResult(
+    return GenerationResult.combined(
+        base,
+        list(cells.values()),
         images,
         seeds,
         infotexts,
         paths,
-        replace(base, script=None, script_args=()),
-        last.model_name,
-        last.model_hash,
-        warnings=warnings,
         interrupted=interrupted,
         subseeds=subseeds,
         prompts=prompts,
         negative_prompts=negatives,
-        vae_name=last.vae_name,
-        vae_hash=last.vae_hash,
     )
 
 
