@@ -90,3 +90,22 @@ def save_tiny_segformer(folder: Path, seed: int = 0, labels: int = 150) -> Path:
     )
     processor = SegformerImageProcessor(size={"height": 64, "width": 64})
     return _save(SegformerForSemanticSegmentation(config), processor, folder)
+
+
+def save_tiny_vitpose(folder: Path, seed: int = 0) -> Path:
+    """A VitPose with a two-layer ViT and the simple decoder, COCO's 17 keypoint heatmaps, input 64x48."""
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor
+
+    torch.manual_seed(seed)
+    backbone = VitPoseBackboneConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=[64, 48],
+        patch_size=[16, 16],
+        out_indices=[2],
+    )
+    config = VitPoseConfig(backbone_config=backbone, use_simple_decoder=True, num_labels=17)
+    processor = VitPoseImageProcessor(size={"height": 64, "width": 48})
+    return _save(VitPoseForPoseEstimation(config), processor, folder)

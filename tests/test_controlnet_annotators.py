@@ -23,7 +23,7 @@ from pipelines.generate import Engine
 from pipelines.metadata.infotext import parse_infotext
 from pipelines.models.tiny_models import build_tiny_controlnet, save_controlnet_file
 from pipelines.requests import GenerationRequest
-from tests.annotator_models import save_tiny_depth_anything, save_tiny_dpt, save_tiny_segformer
+from tests.annotator_models import save_tiny_depth_anything, save_tiny_dpt, save_tiny_segformer, save_tiny_vitpose
 from tests.api_support import AUTH, b64, decode
 from tests.conftest import Launch, TinyModels
 from tests.server import LaunchedServer
@@ -36,11 +36,12 @@ SEG = ("seg_ofade20k",)
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built once: the three tiny annotator folders, copied into each test's own annotators folder."""
+    """Built once: the tiny annotator folders, copied into each test's own annotators folder."""
     root = tmp_path_factory.mktemp("annotator-weights")
     save_tiny_dpt(root / "depth_midas", seed=1)
     save_tiny_depth_anything(root / "depth_anything", seed=2)
     save_tiny_segformer(root / "seg_ofade20k", seed=3)
+    save_tiny_vitpose(root / "openpose", seed=4)
     return root
 
 
@@ -68,7 +69,7 @@ def test_listed_only_while_the_weights_are_there(extension: tuple[LoadedExtensio
     _, annotators = extension
     library, pre = module("annotators").LIBRARY, module("preprocessors")
     assert library.available() == {}
-    with pytest.raises(EaselError, match=r"never downloads.*annotators/depth_anything/"):
+    with pytest.raises(EaselError, match=r"not available: .*never downloads.*annotators/depth_anything/"):
         pre.find("depth_anything")
     with pytest.raises(EaselError, match="not available"):
         pre.find("lineart_anime")  # no annotator of Easel's: the plain message
@@ -92,10 +93,10 @@ def test_each_annotator_gives_a_map_at_the_processor_resolution(
     extension: tuple[LoadedExtensions, Path], weights: Path
 ) -> None:
     _, annotators = extension
-    install(weights, annotators, "depth_midas", "depth_anything", "seg_ofade20k")
+    install(weights, annotators, "depth_midas", "depth_anything", "seg_ofade20k", "openpose")
     ann, pre = module("annotators"), module("preprocessors")
     picture = control_picture(128).resize((128, 96))
-    for name in (*DEPTH, *SEG):
+    for name in (*DEPTH, *SEG, "openpose"):
         out = np.asarray(pre.run(name, picture, 64, -1, -1))
         assert out.shape == (64, 85, 3) and out.dtype == np.uint8, name
         if name.startswith("depth"):
@@ -104,8 +105,11 @@ def test_each_annotator_gives_a_map_at_the_processor_resolution(
         if name.startswith("seg"):
             palette = {tuple(c) for c in ann.ADE20K_PALETTE.tolist()}
             assert {tuple(c) for c in out.reshape(-1, 3).tolist()} <= palette
+        if name == "openpose":  # black, sticks at 60% of their colour, points at full colour
+            drawn = {(0, 0, 0), *ann.OPENPOSE_COLORS, *(tuple(int(c * 0.6) for c in k) for k in ann.OPENPOSE_COLORS)}
+            assert {tuple(c) for c in out.reshape(-1, 3).tolist()} <= drawn
     assert len(ann.ADE20K_PALETTE) == 150 and tuple(ann.ADE20K_PALETTE[12]) == (150, 5, 61)  # "person"
-    assert len(ann.LIBRARY.loaded()) == 3  # normal_midas shares depth_midas's model
+    assert len(ann.LIBRARY.loaded()) == 4  # normal_midas shares depth_midas's model
     assert all(next(m.parameters()).device.type == "cpu" for m in ann.LIBRARY.loaded())
 
 
@@ -120,6 +124,28 @@ def test_normals_from_a_known_depth() -> None:
         assert np.abs(normal[5, 5].astype(int) - [tilted, 128, tilted]).max() <= 1  # (z, y, x) as R, G, B
         background = ann.normal_from_depth(depth, 0.5)
         assert tuple(background[5, 5]) == (255, 127, 127) and tuple(background[5, 35]) == tuple(normal[5, 35])
+    finally:
+        extensions.unload()
+
+
+def test_openpose_points_and_skeleton_from_known_coco_keypoints() -> None:
+    extensions = load_extensions(None, BUILTIN_DIR, ExtensionState(Path("/nonexistent/state.json")))
+    try:
+        ann = module("annotators")
+        coco = np.zeros((17, 2))
+        coco[0], coco[5], coco[6] = (32, 10), (44, 24), (20, 24)  # nose, left shoulder, right shoulder
+        coco[9] = (200, 5)  # the left wrist, off the 64 px picture
+        scores = np.zeros(17)
+        scores[[0, 5, 6, 9]] = 0.9
+        points = ann.openpose_points(coco, scores, 64, 64)
+        assert points[0] == (32, 10) and points[1] == (32, 24)  # the neck: the shoulders' midpoint
+        assert points[2] == (20, 24) and points[5] == (44, 24) and points[7] is None and points[3] is None
+        canvas = ann.draw_openpose(points, 64, 64)
+        assert tuple(canvas[24, 26]) == (153, 0, 0)  # the neck-right shoulder stick: red at 60%
+        assert tuple(canvas[24, 38]) == (153, 51, 0)  # neck-left shoulder: orange at 60%
+        assert tuple(canvas[17, 32]) == (0, 0, 153)  # neck-nose: blue at 60%
+        assert tuple(canvas[10, 32]) == (255, 0, 0) and tuple(canvas[24, 32]) == (255, 85, 0)  # nose, neck points
+        assert tuple(canvas[50, 10]) == (0, 0, 0) and tuple(canvas[24, 10]) == (0, 0, 0)  # nothing drawn there
     finally:
         extensions.unload()
 
@@ -198,13 +224,14 @@ def test_api_lists_detects_and_generates_once_the_weights_are_in(server: Launche
     detect = {"controlnet_module": "depth_anything", "controlnet_input_images": [b64(control_picture(128))]}
     missing = post(server, "/controlnet/detect", detect, 422)["detail"]
     assert "never downloads" in missing and "annotators/depth_anything/" in missing
-    install(weights, server.models / "annotators", "depth_anything", "seg_ofade20k")
+    install(weights, server.models / "annotators", "depth_anything", "seg_ofade20k", "openpose")
     modules = get(server, "/controlnet/module_list")  # read again: no restart needed
-    assert {"depth_anything", "normal_midas", "seg_ofade20k"} <= set(modules["module_list"])
+    assert {"depth_anything", "normal_midas", "seg_ofade20k", "openpose"} <= set(modules["module_list"])
     assert modules["module_detail"]["depth_anything"]["weights"] == "annotators/depth_anything/"
     types = get(server, "/controlnet/control_types")["control_types"]
     assert types["Depth"]["module_list"] == ["none", "depth_anything"] and "Segmentation" in types
-    for name in ("depth_anything", "normal_midas", "seg_ofade20k"):
+    assert types["OpenPose"]["default_option"] == "openpose"
+    for name in ("depth_anything", "normal_midas", "seg_ofade20k", "openpose"):
         body = detect | {"controlnet_module": name, "controlnet_processor_res": 96}
         result = post(server, "/controlnet/detect", body)
         out = np.asarray(decode(result["images"][0]).convert("RGB"))
@@ -216,3 +243,4 @@ def test_api_lists_detects_and_generates_once_the_weights_are_in(server: Launche
     unit["module"] = "seg_ufade20k"
     assert "annotators/seg_ufade20k/" in post(server, "/sdapi/v1/txt2img", body, 422)["detail"]
     assert get(server, "/controlnet/version") == {"version": 3}
+    assert "switched off" not in server.log.read_text()  # missing weights are the user's to fix, not a crash

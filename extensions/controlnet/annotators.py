@@ -1,5 +1,5 @@
-"""Preprocessors that need detector weights: depth, normals from depth, and ADE20K segmentation, run from local
-transformers model folders only (nothing is ever downloaded).
+"""Preprocessors that need detector weights: depth, normals from depth, ADE20K segmentation and body pose, run from
+local transformers model folders only (nothing is ever downloaded).
 
 Folder convention: ``models/annotators/<folder>/`` holds one transformers model as ``save_pretrained`` writes it
 (``config.json``, ``model.safetensors`` and ``preprocessor_config.json``, e.g. a copy of a Hugging Face repository):
@@ -9,7 +9,9 @@ Folder convention: ``models/annotators/<folder>/`` holds one transformers model 
 - ``normal_midas`` has no folder of its own: it derives normals from the first of those depth folders present;
 - ``seg_ofade20k/`` and ``seg_ufade20k/``: any ADE20K semantic-segmentation model that
   ``AutoModelForSemanticSegmentation`` opens (SegFormer, UperNet, BEiT...; Easel has no OneFormer/UniFormer of its
-  own, the names are the ones sd-webui-controlnet's clients send), 150 classes, coloured with ADE20K's palette.
+  own, the names are the ones sd-webui-controlnet's clients send), 150 classes, coloured with ADE20K's palette;
+- ``openpose/``: a VitPose model (``VitPoseForPoseEstimation``, COCO's 17 body keypoints), run on the whole picture
+  as one person's box (no person detector: one person per picture) and drawn as OpenPose's coloured skeleton.
 
 A preprocessor is listed only while its folder holds a ``config.json`` (read again at each listing). Models load
 with ``local_files_only`` from the folder's path, one per folder, kept in RAM; each runs on the engine's device
@@ -20,6 +22,7 @@ server runs with ``--allow-pickle``.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from .preprocessors import Map, Preprocessor, Slider
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 ADE20K_CLASSES = 150
+Point = tuple[float, float]
 NORMAL_STRENGTH = 2 * np.pi  # the z component against the raw depth's Sobel gradients, as MiDaS normals use
 
 # ADE20K's standard colour per class index (wall, building, sky, floor, tree, ...), which seg ControlNets learned.
@@ -72,6 +76,22 @@ ADE20K_PALETTE = np.array(
     dtype=np.uint8,
 )
 
+# OpenPose's 18 body points (nose, neck, right shoulder/elbow/wrist, left ..., right hip/knee/ankle, left ...,
+# right eye, left eye, right ear, left ear) from COCO's 17 (None: the neck, the shoulders' midpoint).
+COCO_TO_OPENPOSE = (0, None, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
+# The sticks openpose ControlNets learned, as OpenPose point pairs, and the 18 colours (stick i, point i).
+OPENPOSE_LIMBS = (
+    *((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13)),
+    *((1, 0), (0, 14), (14, 16), (0, 15), (15, 17)),
+)
+OPENPOSE_COLORS = (
+    *((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0)),
+    *((0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255)),
+    *((170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85)),
+)
+STICK_WIDTH = 4  # half the stick's thickness and the points' radius, in pixels of the map, as OpenPose draws
+KEYPOINT_THRESHOLD = 0.3  # heatmap peaks below this are left out (an unseen joint draws nothing)
+
 
 @dataclass(frozen=True)
 class Annotator:
@@ -79,7 +99,7 @@ class Annotator:
 
     name: str
     folders: tuple[str, ...]
-    task: str  # "depth" or "segmentation": which transformers auto class opens the folder
+    task: str  # a key of TASKS: which transformers class opens the folder
     output: Callable[[Any, Map, float, float, torch.device], Map]  # (loaded, image at processor res, a, b, device)
     sliders: tuple[Slider, ...] = ()
 
@@ -91,11 +111,25 @@ class Loaded:
     key: tuple[float, int]  # the weights' mtime and size when loaded: a replaced file is loaded again
 
 
-def _auto_class(task: str) -> Any:
+# task -> (the transformers class that opens its folders, what to call such a model in messages)
+TASKS = {
+    "depth": ("AutoModelForDepthEstimation", "depth-estimation"),
+    "segmentation": ("AutoModelForSemanticSegmentation", "ADE20K semantic-segmentation"),
+    "pose": ("VitPoseForPoseEstimation", "VitPose (COCO keypoints)"),
+}
+
+
+def _model_class(task: str) -> Any:
     import transformers
 
-    name = "AutoModelForDepthEstimation" if task == "depth" else "AutoModelForSemanticSegmentation"
-    return getattr(transformers, name)
+    return getattr(transformers, TASKS[task][0])
+
+
+def _model_type(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "config.json").read_text()).get("model_type", ""))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise EaselError(f"annotators/{folder.name}/config.json is not readable JSON ({exc})") from None
 
 
 def _weights(folder: Path, allow_pickle: bool) -> tuple[Path, bool]:
@@ -122,13 +156,15 @@ def load_folder(folder: Path, task: str, allow_pickle: bool = False) -> Loaded:
     if not (folder / "preprocessor_config.json").is_file():
         raise EaselError(f"annotators/{folder.name}/ has no preprocessor_config.json (copy it from the model's files)")
     stat = weights.stat()
+    kind = TASKS[task][1]
+    if task == "pose" and _model_type(folder) != "vitpose":  # the one class without an auto mapping to check it
+        raise EaselError(f"annotators/{folder.name}/ holds a {_model_type(folder) or 'unknown'} model, not {kind}")
     try:
-        model = _auto_class(task).from_pretrained(
+        model = _model_class(task).from_pretrained(
             str(folder), local_files_only=True, use_safetensors=safe, trust_remote_code=False
         )
         processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        kind = "depth-estimation" if task == "depth" else "semantic-segmentation"
         raise EaselError(
             f"annotators/{folder.name}/ is not a transformers {kind} model Easel can open ({exc})"
         ) from None
@@ -137,6 +173,8 @@ def load_folder(folder: Path, task: str, allow_pickle: bool = False) -> Loaded:
             f"annotators/{folder.name}/ predicts {model.config.num_labels} classes; seg ControlNets need ADE20K's "
             f"{ADE20K_CLASSES}"
         )
+    if task == "pose" and int(model.config.num_labels) < len(COCO_TO_OPENPOSE) - 1:
+        raise EaselError(f"annotators/{folder.name}/ predicts {model.config.num_labels} keypoints, not COCO's 17")
     return Loaded(model.eval().to(torch.float32), processor, (stat.st_mtime, stat.st_size))
 
 
@@ -196,6 +234,64 @@ def segmentation_map(loaded: Loaded, image: Map, _a: float, _b: float, device: t
     return ADE20K_PALETTE[classes]
 
 
+def openpose_points(keypoints: np.ndarray, scores: np.ndarray, width: int, height: int) -> list[Point | None]:
+    """OpenPose's 18 points from COCO's 17 (``[17, 2]`` x, y in pixels); None where unseen or off the picture."""
+    seen: list[Point | None] = []
+    for (x, y), score in zip(keypoints[:17].tolist(), scores[:17].tolist(), strict=True):
+        inside = 0 <= x < width and 0 <= y < height
+        seen.append((float(x), float(y)) if score >= KEYPOINT_THRESHOLD and inside else None)
+    points: list[Point | None] = []
+    for coco in COCO_TO_OPENPOSE:
+        if coco is not None:
+            points.append(seen[coco])
+        else:
+            left, right = seen[5], seen[6]
+            points.append(((left[0] + right[0]) / 2, (left[1] + right[1]) / 2) if left and right else None)
+    return points
+
+
+def draw_openpose(points: Sequence[Point | None], height: int, width: int) -> Map:
+    """The pose as openpose ControlNets saw it: on black, each stick an ellipse in its colour at 60%, then each
+    point a disc in its full colour."""
+    from PIL import ImageDraw
+
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    turn = np.linspace(0, 2 * np.pi, 37)
+    for (a, b), color in zip(OPENPOSE_LIMBS, OPENPOSE_COLORS, strict=False):
+        start, end = points[a], points[b]
+        if start is None or end is None:
+            continue
+        (x0, y0), (x1, y1) = start, end
+        half, angle = np.hypot(x1 - x0, y1 - y0) / 2, np.arctan2(y1 - y0, x1 - x0)
+        u, v = half * np.cos(turn), STICK_WIDTH * np.sin(turn)
+        xs = (x0 + x1) / 2 + u * np.cos(angle) - v * np.sin(angle)
+        ys = (y0 + y1) / 2 + u * np.sin(angle) + v * np.cos(angle)
+        draw.polygon(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=tuple(int(c * 0.6) for c in color))
+    for point, color in zip(points, OPENPOSE_COLORS, strict=True):
+        if point is not None:
+            x, y = point
+            draw.ellipse((x - STICK_WIDTH, y - STICK_WIDTH, x + STICK_WIDTH, y + STICK_WIDTH), fill=color)
+    return np.asarray(canvas)
+
+
+def pose_map(loaded: Loaded, image: Map, _a: float, _b: float, device: torch.device) -> Map:
+    """One person's body pose by VitPose, the whole picture taken as the person's box (VitPose places joints
+    inside a box it is given; Easel has no person detector), drawn OpenPose's way."""
+    height, width = image.shape[:2]
+    boxes = [[[0.0, 0.0, float(width), float(height)]]]  # COCO boxes: x, y, width, height
+    inputs = loaded.processor(images=Image.fromarray(image), boxes=boxes, return_tensors="pt")
+    extra = {}
+    if getattr(loaded.model.config.backbone_config, "num_experts", 1) > 1:  # VitPose+: the COCO expert
+        extra["dataset_index"] = torch.zeros(1, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        outputs = loaded.model(pixel_values=inputs["pixel_values"].to(device, torch.float32), **extra)
+    outputs.heatmaps = outputs.heatmaps.float().cpu()
+    person = loaded.processor.post_process_pose_estimation(outputs, boxes=boxes)[0][0]
+    points = openpose_points(person["keypoints"].numpy(), person["scores"].numpy(), width, height)
+    return draw_openpose(points, height, width)
+
+
 DEPTH_FOLDERS = ("depth_midas", "depth_anything", "depth_anything_v2")
 ANNOTATORS: dict[str, Annotator] = {
     a.name: a
@@ -212,10 +308,11 @@ ANNOTATORS: dict[str, Annotator] = {
         ),
         Annotator("seg_ofade20k", ("seg_ofade20k",), "segmentation", segmentation_map),
         Annotator("seg_ufade20k", ("seg_ufade20k",), "segmentation", segmentation_map),
+        Annotator("openpose", ("openpose",), "pose", pose_map),
     )
 }
 ALIASES = {"depth": "depth_midas", "normal_map": "normal_midas", "segmentation": "seg_ufade20k"}
-CONTROL_TYPES = (("Depth", "depth"), ("NormalMap", "normal"), ("Segmentation", "seg"))
+CONTROL_TYPES = (("OpenPose", "openpose"), ("Depth", "depth"), ("NormalMap", "normal"), ("Segmentation", "seg"))
 
 
 class AnnotatorLibrary:
@@ -278,9 +375,9 @@ class AnnotatorLibrary:
             return None
         if self.folder(annotator) is None:
             raise EaselError(
-                f"ControlNet preprocessor '{annotator.name}' needs detector weights, which Easel never downloads: "
-                f"put a transformers {'depth-estimation' if annotator.task == 'depth' else 'ADE20K segmentation'} "
-                f"model folder (config.json, model.safetensors, preprocessor_config.json) in {self.where(annotator)}"
+                f"ControlNet preprocessor '{annotator.name}' is not available: it needs detector weights, which "
+                f"Easel never downloads; put a transformers {TASKS[annotator.task][1]} model folder (config.json, "
+                f"model.safetensors, preprocessor_config.json) in {self.where(annotator)}"
             )
         return self.preprocessor(annotator)
 
@@ -308,6 +405,8 @@ class AnnotatorLibrary:
             loaded.model.to(device)
             try:
                 return annotator.output(loaded, image, a, b, device)
+            except (RuntimeError, ValueError, IndexError) as exc:  # a model that does not fit its task, or no memory
+                raise EaselError(f"ControlNet preprocessor '{annotator.name}' failed on {folder}/: {exc}") from None
             finally:
                 if device.type != "cpu":
                     loaded.model.to("cpu")
