@@ -150,7 +150,7 @@ def test_openpose_points_and_skeleton_from_known_coco_keypoints() -> None:
         extensions.unload()
 
 
-def test_pickles_refused_unless_allowed_and_wrong_class_count(
+def test_pickles_wrong_models_and_class_counts_are_refused(
     extension: tuple[LoadedExtensions, Path], weights: Path
 ) -> None:
     from transformers import AutoModelForDepthEstimation
@@ -166,6 +166,12 @@ def test_pickles_refused_unless_allowed_and_wrong_class_count(
         pre.run("depth_anything", control_picture(), 64, -1, -1)
     extensions.catalog.bind_model_folders(True, annotators=[annotators])
     assert np.asarray(pre.run("depth_anything", control_picture(), 64, -1, -1)).shape == (64, 64, 3)
+    shutil.copytree(weights / "seg_ofade20k", annotators / "depth_midas")  # a model in the wrong folder
+    with pytest.raises(EaselError, match="depth_midas/ is not a transformers depth-estimation model"):
+        pre.run("depth_midas", control_picture(), 64, -1, -1)
+    shutil.copytree(weights / "depth_anything", annotators / "openpose")
+    with pytest.raises(EaselError, match="openpose/ holds a depth_anything model, not VitPose"):
+        pre.run("openpose", control_picture(), 64, -1, -1)
     save_tiny_segformer(annotators / "seg_ufade20k", labels=19)  # a Cityscapes-sized head
     with pytest.raises(EaselError, match="predicts 19 classes; seg ControlNets need ADE20K's 150"):
         pre.run("seg_ufade20k", control_picture(), 64, -1, -1)

@@ -164,7 +164,7 @@ def load_folder(folder: Path, task: str, allow_pickle: bool = False) -> Loaded:
             str(folder), local_files_only=True, use_safetensors=safe, trust_remote_code=False
         )
         processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise EaselError(
             f"annotators/{folder.name}/ is not a transformers {kind} model Easel can open ({exc})"
         ) from None
