@@ -59,7 +59,10 @@ def build_context(args: ServerConfig) -> AppContext:
             styles=engine.styles.names,
             upscalers=engine.upscalers.names,
         )
-        extensions.catalog.bind_model_folders(args.allow_pickle, controlnet=[args.controlnet_dir])
+        extensions.catalog.bind_model_folders(
+            args.allow_pickle, controlnet=[args.controlnet_dir], annotators=[args.models_dir / "annotators"]
+        )
+        extensions.catalog.bind_device(str(device))
     store = SettingsStore.open(args.data_dir, args.ui_settings_file)
     ctx = AppContext(
         engine,

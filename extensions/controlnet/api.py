@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from pipelines.errors import EaselError
 
-from . import preprocessors
+from . import annotators, preprocessors
 from .control import ControlNetRuntime, list_models
 from .units import load_image
 
@@ -52,14 +52,15 @@ def build_router(runtime: ControlNetRuntime) -> APIRouter:
 
     @router.get("/module_list")
     def module_list(alias_names: bool = False) -> dict[str, Any]:
-        names = list(preprocessors.PREPROCESSORS)
         detail = {name: pre.detail() for name, pre in preprocessors.PREPROCESSORS.items()}
+        detail |= annotators.LIBRARY.details()  # those whose weights are in models/annotators/ now
+        names = list(detail)
         return {"module_list": names, "module_detail": detail}
 
     @router.get("/control_types")
     def control_types() -> dict[str, Any]:
         models = ["None", *(m.label for m in list_models(runtime.folders()))]
-        modules = list(preprocessors.PREPROCESSORS)
+        modules = [*preprocessors.PREPROCESSORS, *annotators.LIBRARY.available()]
         types: dict[str, Any] = {
             "All": {"module_list": modules, "model_list": models, "default_option": "none", "default_model": "None"}
         }
@@ -72,6 +73,7 @@ def build_router(runtime: ControlNetRuntime) -> APIRouter:
                 "default_option": module,
                 "default_model": matching[1] if len(matching) > 1 else "None",
             }
+        types |= annotators.control_types(models[1:])
         return {"control_types": types}
 
     @router.get("/settings")

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipelines.errors import EaselError
 
+from .annotators import LIBRARY
 from .control import ControlNetRuntime, find_model
 from .units import MAX_UNITS
 
@@ -25,6 +26,9 @@ def setup(ctx: Any) -> None:
     cache_size = ctx.setting("model_cache_size", 2, "ControlNet models kept in RAM")
     runtime = ControlNetRuntime(
         lambda: ctx.catalog.model_folders("controlnet"), lambda: ctx.catalog.allow_pickle, count, max(1, cache_size)
+    )
+    LIBRARY.bind(
+        lambda: ctx.catalog.model_folders("annotators"), lambda: ctx.catalog.device, lambda: ctx.catalog.allow_pickle
     )
     for i in range(count):
         ctx.field(f"unit_{i}", dict, {}, label=f"ControlNet unit {i}")

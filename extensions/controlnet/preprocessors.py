@@ -170,6 +170,10 @@ def find(name: str) -> Preprocessor:
     key = ALIASES.get(key, key).lower()
     if key in PREPROCESSORS:
         return PREPROCESSORS[key]
+    from .annotators import LIBRARY  # detector models, found only with their weights (imported late: it uses us)
+
+    if (annotator := LIBRARY.find(key)) is not None:
+        return annotator
     raise EaselError(
         f"ControlNet preprocessor '{name}' is not available (Easel has: {', '.join(PREPROCESSORS)}; "
         "for others, upload a ready-made control map with preprocessor 'none')"

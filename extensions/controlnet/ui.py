@@ -14,7 +14,7 @@ import gradio as gr
 
 from pipelines.errors import EaselError
 
-from . import preprocessors
+from . import annotators, preprocessors
 from .control import ControlNetRuntime, list_models
 from .units import CONTROL_MODES, RESIZE_MODES, load_image
 
@@ -23,6 +23,11 @@ NO_MODEL = "None"
 
 def _model_choices(runtime: ControlNetRuntime) -> list[str]:
     return [NO_MODEL, *(m.name for m in list_models(runtime.folders()))]
+
+
+def _module_choices() -> list[str]:
+    """The weight-free preprocessors, then the annotators whose weights are in models/annotators/ now."""
+    return [*preprocessors.PREPROCESSORS, *annotators.LIBRARY.available()]
 
 
 def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
@@ -40,9 +45,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
         enabled = gr.Checkbox(label="Enable", value=False, elem_id=f"{elem}_enabled")
         pixel_perfect = gr.Checkbox(label="Pixel Perfect", value=False, elem_id=f"{elem}_pixel_perfect")
     with gr.Row():
-        module = gr.Dropdown(
-            list(preprocessors.PREPROCESSORS), value="none", label="Preprocessor", elem_id=f"{elem}_module"
-        )
+        module = gr.Dropdown(_module_choices(), value="none", label="Preprocessor", elem_id=f"{elem}_module")
         model = gr.Dropdown(_model_choices(runtime), value=NO_MODEL, label="Model", elem_id=f"{elem}_model")
         refresh = gr.Button("🔄", elem_id=f"{elem}_refresh", scale=0, min_width=40)
         run_preview = gr.Button("Preview the map", elem_id=f"{elem}_run_preview", scale=0)
@@ -111,14 +114,20 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
         for i in range(2):
             if i < len(found):
                 s = found[i]
-                updates.append(gr.update(visible=True, label=s.name, minimum=s.min, maximum=s.max, value=s.value))
+                updates.append(
+                    gr.update(visible=True, label=s.name, minimum=s.min, maximum=s.max, step=s.step, value=s.value)
+                )
             else:
                 updates.append(gr.update(visible=False))
         return updates[0], updates[1]
 
     module.change(sliders, module, [threshold_a, threshold_b], queue=False, api_visibility="private")
     refresh.click(
-        lambda: gr.update(choices=_model_choices(runtime)), None, model, queue=False, api_visibility="private"
+        lambda: (gr.update(choices=_model_choices(runtime)), gr.update(choices=_module_choices())),
+        None,
+        [model, module],
+        queue=False,
+        api_visibility="private",
     )
 
     def show_map(picture: Any, name: str, res: float, a: float, b: float) -> Any:

@@ -72,6 +72,7 @@ class Catalog:
         self._sources: dict[str, Callable[[], Sequence[str]]] = {}
         self._folders: dict[str, tuple[Path, ...]] = {}
         self._allow_pickle = False
+        self._device = "cpu"
 
     def bind(self, **sources: Callable[[], Sequence[str]]) -> None:
         self._sources.update(sources)
@@ -80,6 +81,14 @@ class Catalog:
         """The server's model folders by kind (``controlnet``: ``--controlnet-dir``) and its ``--allow-pickle``."""
         self._folders.update({kind: tuple(Path(p) for p in paths) for kind, paths in folders.items()})
         self._allow_pickle = allow_pickle
+
+    def bind_device(self, device: str) -> None:
+        self._device = device
+
+    @property
+    def device(self) -> str:
+        """The engine's device (``cuda:0``, ``cpu``...), for an extension's own models (ControlNet's annotators)."""
+        return self._device
 
     def model_folders(self, kind: str) -> list[Path]:
         """Where models of ``kind`` live (the extension lists and opens files only inside them); empty if unbound."""
