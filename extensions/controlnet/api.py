@@ -27,8 +27,9 @@ class DetectRequest(BaseModel):
     controlnet_module: str = "none"
     controlnet_input_images: list[Any] = Field(default_factory=list)
     controlnet_processor_res: int = 512
-    controlnet_threshold_a: float = 64
-    controlnet_threshold_b: float = 64
+    # -1: the module's own default (a fixed 64 would be off the scale of e.g. normal_midas's 0-1 background threshold)
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
     controlnet_masks: list[Any] | None = None
     low_vram: bool = False
 
