@@ -5,8 +5,12 @@ model for another architecture is refused naming both, and the route lists them 
 
 from __future__ import annotations
 
+import inspect
+import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,11 +20,17 @@ from diffusers import ControlNetUnionModel, T2IAdapter
 from fastapi.testclient import TestClient
 
 from pipelines.errors import EaselError
-from pipelines.extensions.loader import BUILTIN_DIR, LoadedExtensions, load_extensions
+from pipelines.extensions.loader import BUILTIN_DIR, MODULE_PREFIX, LoadedExtensions, load_extensions
 from pipelines.extensions.state import ExtensionState
 from pipelines.generate import Engine
 from pipelines.models.controlnet import load_controlnet
-from pipelines.models.t2i_adapter import adapter_to_original, derive_adapter_config, original_to_diffusers
+from pipelines.models.controlnet_union import derive_union_config
+from pipelines.models.t2i_adapter import (
+    adapter_to_original,
+    check_fits,
+    derive_adapter_config,
+    original_to_diffusers,
+)
 from pipelines.models.tiny_adapters import build_tiny_t2i_adapter, build_tiny_union, save_adapter_file, save_tensors
 from pipelines.requests import GenerationRequest
 from pipelines.sampling.denoiser import ModelInputs, UNetDenoiser, with_intrablock_residuals
@@ -29,6 +39,7 @@ from tests.conftest import TinyModels
 from tests.test_controlnet import control_picture, diff
 
 SDXL = "sub/tiny-sdxl.safetensors"
+CONFIGS = Path(__file__).resolve().parent.parent / "pipelines" / "models" / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +149,32 @@ def test_union_control_type_refusals(engine: Engine) -> None:
     assert not engine.hooks.failed
 
 
+def test_union_types_by_preprocessor_and_adapter_scales_as_sd_webui_controlnet(builtins: LoadedExtensions) -> None:
+    adapters = sys.modules[MODULE_PREFIX + "controlnet.adapters"]
+    model = SimpleNamespace(config=SimpleNamespace(num_control_type=8))
+    by_module = {
+        "openpose_full": 0,
+        "depth_midas": 1,
+        "softedge_hed": 2,
+        "scribble_threshold": 2,
+        "canny": 3,
+        "lineart_standard": 3,
+        "invert": 3,
+        "normal_bae": 4,
+        "seg_ofade20k": 5,
+        "tile_resample": 6,
+        "blur_gaussian": 6,
+        "inpaint_only": 7,
+    }
+    for module, index in by_module.items():
+        unit = SimpleNamespace(index=0, module=module, model="u", union_control_type="Unknown")
+        assert adapters.union_type(unit, model) == index, module
+    named = SimpleNamespace(index=0, module="canny", model="u", union_control_type="segment")  # xinsir's name wins
+    assert adapters.union_type(named, model) == 5
+    assert adapters.level_scales(4, 2.0, 1) == [0.5, 1.24, 1.65, 2.0]
+    assert adapters.level_scales(2, 1.0, 2) == [0.25, 0.62] and adapters.level_scales(3, 0.5, 0) == [0.5] * 3
+
+
 # -- T2I-Adapters ----------------------------------------------------------------------------------------------
 
 
@@ -166,6 +203,28 @@ def test_light_adapter_config_from_shapes_in_both_layouts() -> None:
         config = derive_adapter_config(layout)
         assert config == wanted | {"adapter_type": "light_adapter"}
         assert layout.keys() == state.keys() and all(torch.equal(layout[k], state[k]) for k in state)
+
+
+def test_odd_adapter_files_are_refused_clearly(tiny: TinyModels, tmp_path: Path) -> None:
+    sd1 = tiny.components("sd1")["unet"]
+    state = dict(build_tiny_t2i_adapter(sd1, seed=2).state_dict())
+    cases = {
+        "style": ({"style_embedding": torch.zeros(1, 8, 16)}, "style adapter"),
+        "skip": (adapter_to_original_with("body.0.skep.weight"), "skip or strided convolutions"),
+        "shape": (state | {"adapter.body.0.resnets.0.block2.weight": torch.zeros(32, 32, 3, 3)}, "do not match"),
+        "hint": (state | {"adapter.conv_in.weight": torch.zeros(32, 100, 3, 3)}, "not an RGB or gray hint"),
+        "missing": ({k: v for k, v in state.items() if ".body.1.resnets.0." not in k}, "has no adapter.body.1.resnets"),
+    }
+    for name, (tensors, message) in cases.items():
+        path = save_tensors(tensors, tmp_path / f"{name}.safetensors")
+        with pytest.raises(EaselError, match=message):
+            load_controlnet(path, sd1.config)
+
+
+def adapter_to_original_with(extra: str) -> dict[str, torch.Tensor]:
+    """An original-layout SD1 adapter with one more tensor named ``extra``."""
+    model = T2IAdapter(channels=[32, 64], num_res_blocks=2, downscale_factor=8)
+    return adapter_to_original(model) | {extra: torch.zeros(32, 32, 1, 1)}
 
 
 def test_adapter_weight_window_and_modes_on_sd1(engine: Engine) -> None:
@@ -272,3 +331,41 @@ def test_model_list_shows_union_and_adapters_with_the_others(builtins: LoadedExt
         "tiny-union-folder",
         "tiny-union-promax",
     ]
+
+
+# -- real-size shapes (meta tensors: no weights, no memory) ----------------------------------------------------
+
+
+def real_unet_config(family: str) -> dict[str, Any]:
+    return json.loads((CONFIGS / family / "unet" / "config.json").read_text())
+
+
+def test_real_size_union_and_adapters_derive_their_released_configs() -> None:
+    """xinsir's promax union and TencentARC's SD1 / SDXL adapters, at full size: config from shapes, fit checked."""
+    sd1, sdxl = real_unet_config("sd1"), real_unet_config("sdxl")
+    accepted = set(inspect.signature(ControlNetUnionModel.__init__).parameters)
+    union_config = {k: v for k, v in sdxl.items() if k in accepted and not k.startswith("_")}
+    union_config |= {"conditioning_embedding_out_channels": (16, 32, 96, 256), "num_control_type": 8}
+    with torch.device("meta"):
+        union = ControlNetUnionModel(**union_config)
+    derived = derive_union_config(union.state_dict(), sdxl)
+    for key in ("num_control_type", "num_trans_channel", "num_trans_layer", "num_proj_channel", "block_out_channels"):
+        assert list(np.atleast_1d(derived[key])) == list(np.atleast_1d(union.config[key])), key
+    assert derived["addition_time_embed_dim"] == 256 and derived["transformer_layers_per_block"] == [1, 2, 10]
+    released = {
+        "full_adapter": ({"channels": [320, 640, 1280, 1280], "downscale_factor": 8}, sd1, sdxl),
+        "light_adapter": ({"channels": [320, 640, 1280], "num_res_blocks": 4, "downscale_factor": 8}, sd1, sdxl),
+        "full_adapter_xl": ({"channels": [320, 640, 1280, 1280], "downscale_factor": 16}, sdxl, sd1),
+    }
+    for kind, (config, fits, other) in released.items():
+        for channels in (3, 1):
+            with torch.device("meta"):
+                adapter = T2IAdapter(in_channels=channels, adapter_type=kind, **config)
+            state = dict(adapter.state_dict())
+            if kind != "full_adapter_xl":  # and the original layout TencentARC released them in
+                assert original_to_diffusers(adapter_to_original(adapter)).keys() == state.keys()
+            derived = derive_adapter_config(state)
+            assert derived == {k: adapter.config[k] for k in derived}, kind
+            check_fits(derived, fits)
+            with pytest.raises(EaselError, match="T2I-Adapter is for .* but the active checkpoint is"):
+                check_fits(derived, other)

@@ -10,8 +10,8 @@ needs the type said outright.
 T2I-Adapter: its features depend on the control map alone, so they are computed once per hint size per request and
 only scaled per call; they reach the UNet as ``down_intrablock_additional_residuals`` while the step is in the unit's
 guidance window. Control modes as sd-webui-controlnet applies them to adapters: "Balanced" is the weight on every
-level; the two soft modes scale the levels by 0.25, 0.62, 0.825 and 1.0 (shallow to deep; the deepest of those for an
-adapter with fewer levels), "ControlNet is more important" on the conditional half only.
+level; the two soft modes scale the levels by 0.25, 0.62, 0.825 and 1.0 (shallow to deep), "ControlNet is more
+important" on the conditional half only.
 """
 
 from __future__ import annotations
@@ -105,11 +105,12 @@ def features(prepared: Any, height: int, width: int, device: torch.device, dtype
 
 
 def level_scales(count: int, weight: float, control_mode: int) -> list[float]:
-    if control_mode == 0 or count == 0:
+    """The weight per feature level; soft modes as sd-webui-controlnet pairs levels with its four factors (from
+    the shallowest: an adapter with fewer levels takes the first ones, any beyond four keep the full weight)."""
+    if control_mode == 0:
         return [weight] * count
-    soft = T2I_SOFT_SCALES[-count:] if count <= len(T2I_SOFT_SCALES) else T2I_SOFT_SCALES
-    soft = (*([soft[0]] * (count - len(soft))), *soft)
-    return [weight * s for s in soft]
+    soft = (*T2I_SOFT_SCALES, *([1.0] * max(0, count - len(T2I_SOFT_SCALES))))
+    return [weight * s for s in soft[:count]]
 
 
 def add_features(prepared: Any, inputs: ModelInputs, rows: slice | None) -> ModelInputs:

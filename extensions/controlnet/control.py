@@ -14,6 +14,8 @@ important" is soft injection on the conditional half only, the unconditional pas
 Guidance window: at each model call the step is read off the call's sigma (its place in the run's sigmas, so the
 second evaluation of a Heun step belongs to its step); the unit is on when ``start <= step / steps < end``, and on
 through the last step when ``end`` is 1. So ``end`` 0 (or ``start`` 1) is no control at all.
+
+ControlNet-Union and T2I-Adapter units take the same path; what differs for them is in ``adapters.py``.
 """
 
 from __future__ import annotations

@@ -196,6 +196,7 @@ def load_controlnet(
     if controlnet_union.is_union(state):
         config = controlnet_union.derive_union_config(state, unet_config, own)
         model = controlnet_union.build_union(config)
+        t2i_adapter.check_shapes(model, state, f"ControlNet-Union {path.name}")
         _load_into(model, state, dtype, f"ControlNet-Union {path.name}")
         return model
     config = derive_config(state, unet_config)

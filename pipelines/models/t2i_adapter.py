@@ -37,8 +37,8 @@ VAE_SCALE = 8  # image pixels per latent pixel in every SD-family VAE
 
 
 def is_adapter(state: Mapping[str, torch.Tensor]) -> bool:
-    """Whether a state dict is a T2I-Adapter, in either layout."""
-    if any(k.startswith(PREFIX + "body.") for k in state):
+    """Whether a state dict is a T2I-Adapter, in either layout (the style adapter included, to be refused)."""
+    if any(k.startswith(PREFIX + "body.") for k in state) or "style_embedding" in state:
         return True
     original_full = "conv_in.weight" in state and "body.0.block1.weight" in state
     return original_full or "body.0.out_conv.weight" in state and "body.0.body.0.block1.weight" in state
@@ -56,6 +56,10 @@ def original_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
             "this T2I-Adapter's original layout has skip or strided convolutions, which diffusers' T2IAdapter "
             "does not have; use a diffusers-layout copy of it"
         )
+    if "style_embedding" in state:
+        raise EaselError("this is TencentARC's style adapter (it reads CLIP vision features), which Easel does not run")
+    if "body.0.block2.weight" in state and state["body.0.block2.weight"].shape[-1] != 1:
+        raise EaselError("this T2I-Adapter's original layout has 3x3 block convolutions, unlike diffusers' T2IAdapter")
     if "body.0.out_conv.weight" in state:  # light: one extractor per level, its resnets under body.{i}.body.{k}
         out: dict[str, torch.Tensor] = {}
         for key, value in state.items():
@@ -118,7 +122,13 @@ def _hint_geometry(width: int, own: Mapping[str, Any]) -> tuple[int, int]:
 
 def derive_adapter_config(state: Mapping[str, torch.Tensor], own: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``T2IAdapter`` config of a diffusers-named state dict (a folder's config.json may settle its type)."""
-    own = own or {}
+    try:
+        return _derive_adapter_config(state, own or {})
+    except KeyError as exc:
+        raise EaselError(f"the T2I-Adapter has no {exc.args[0]}: a layout Easel does not know") from None
+
+
+def _derive_adapter_config(state: Mapping[str, torch.Tensor], own: Mapping[str, Any]) -> dict[str, Any]:
     blocks = _count(state, r"adapter\.body\.(\d+)\.")
     if not blocks:
         raise EaselError("the T2I-Adapter has no blocks")
@@ -167,6 +177,16 @@ def insertion_points(unet_config: Mapping[str, Any]) -> tuple[list[tuple[int, in
     return points, (out_channels[-1], VAE_SCALE * 2 ** (len(types) - 1))
 
 
+def check_shapes(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """EaselError (not torch's size-mismatch error) when a tensor's shape differs from the derived model's."""
+    for key, expected in model.state_dict().items():
+        if key in state and tuple(state[key].shape) != tuple(expected.shape):
+            raise EaselError(
+                f"the {what} weights do not match the detected architecture ({key}: {tuple(state[key].shape)} "
+                f"vs {tuple(expected.shape)})"
+            )
+
+
 def adapter_architecture(config: Mapping[str, Any]) -> str:
     return "SDXL" if config.get("adapter_type") == "full_adapter_xl" else "SD 1.x"
 
@@ -202,5 +222,6 @@ def build_adapter(
     check_fits(config, unet_config)
     with torch.device("meta"):
         model = T2IAdapter(**config)
+    check_shapes(model, state, f"T2I-Adapter {name}")
     _load_into(model, state, dtype, f"T2I-Adapter {name}")
     return model
