@@ -247,27 +247,23 @@ def test_adapter_weight_window_and_modes_on_sd1(engine: Engine) -> None:
     assert diff(both, full) > 0.2 and diff(both, sketch) > 0.2
 
 
-def test_adapter_features_are_computed_once_per_request(engine: Engine) -> None:
-    calls: list[tuple[int, ...]] = []
-    runs = 0
-
-    def count(_module: Any, args: tuple[Any, ...]) -> None:
-        calls.append(tuple(args[0].shape))
-
+def test_adapter_features_are_computed_once_per_request_and_hint_size(engine: Engine) -> None:
+    calls: list[tuple[int, ...]] = []  # the hint shape of each adapter run
     original_forward = T2IAdapter.forward
 
     def counting_forward(self: T2IAdapter, x: torch.Tensor) -> list[torch.Tensor]:
-        nonlocal runs
-        runs += 1
-        count(self, (x,))
+        calls.append(tuple(x.shape))
         return original_forward(self, x)
 
+    hires = {"enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent", "denoising_strength": 0.6}
     T2IAdapter.forward = counting_forward  # type: ignore[method-assign]
     try:
         pixels(engine, request(unit("t2i-tiny-sd1"), steps=4, sampler="Heun"))  # 2 model calls a step
+        assert calls == [(1, 3, 64, 64)]
+        pixels(engine, request(unit("t2i-tiny-sd1"), **hires))  # and once more for the hires pass's size
     finally:
         T2IAdapter.forward = original_forward  # type: ignore[method-assign]
-    assert runs == 1 and calls == [(1, 3, 64, 64)]
+    assert calls[1:] == [(1, 3, 64, 64), (1, 3, 128, 128)]
 
 
 def test_adapter_on_sdxl_and_architecture_mismatch(engine: Engine) -> None:
