@@ -14,6 +14,8 @@ important" is soft injection on the conditional half only, the unconditional pas
 Guidance window: at each model call the step is read off the call's sigma (its place in the run's sigmas, so the
 second evaluation of a Heun step belongs to its step); the unit is on when ``start <= step / steps < end``, and on
 through the last step when ``end`` is 1. So ``end`` 0 (or ``start`` 1) is no control at all.
+
+ControlNet-Union and T2I-Adapter units take the same path; what differs for them is in ``adapters.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pipelines.errors import EaselError
 from pipelines.models.controlnet import SUFFIXES, check_matches, load_controlnet
 from pipelines.sampling.denoiser import ModelCall, ModelInputs, with_residuals
 
-from . import preprocessors
+from . import adapters, preprocessors
 from .units import HR_OPTIONS, Unit, fit, parse_unit, pixel_perfect_resolution
 
 SOFT_BASE = 0.825
@@ -133,6 +135,7 @@ class Prepared:
     model: Any
     detected: Image.Image  # the preprocessed map, before it is fitted to a size
     hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    extra: dict[Any, Any] = field(default_factory=dict)  # per model kind (adapters.py): union type, T2I features
 
     def hint(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``[1, 3, H, W]`` in 0..1 at the pixel size of the latents being denoised (hires passes differ)."""
@@ -208,7 +211,7 @@ def residuals(prepared: Prepared, inputs: ModelInputs) -> tuple[list[torch.Tenso
             x,
             inputs.timestep[rows],
             encoder_hidden_states=inputs.encoder_hidden_states[rows],
-            controlnet_cond=hint.expand(x.shape[0], -1, -1, -1),
+            **adapters.control_inputs(prepared, hint.expand(x.shape[0], -1, -1, -1)),
             added_cond_kwargs=added,
             return_dict=False,
         )
@@ -262,6 +265,7 @@ class ControlNetRuntime:
                 if image is None:
                     raise EaselError(f"ControlNet unit {unit.index}: give a control image (or disable the unit)")
                 prepared.append(Prepared(unit, model, detect(unit, image, request.width, request.height)))
+                adapters.prepare(prepared[-1])
             self._prepared[id(values)] = (values, prepared)
             yield
         finally:
@@ -287,6 +291,9 @@ class ControlNetRuntime:
             if (hires and option == "Low res only") or (not hires and option == "High res only" and request.enable_hr):
                 continue
             if not active(unit.unit, fraction):
+                continue
+            if adapters.is_t2i(unit.model):  # features into the down blocks, not residuals on the skips
+                inputs = adapters.add_features(unit, inputs, _rows(inputs, unit.unit.control_mode == 2))
                 continue
             added = residuals(unit, inputs)
             if added is not None:

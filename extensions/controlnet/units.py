@@ -87,6 +87,7 @@ class Unit:
     pixel_perfect: bool
     control_mode: int  # index in CONTROL_MODES
     hr_option: int  # index in HR_OPTIONS
+    union_control_type: str = "Unknown"  # ControlNet-Union models only (adapters.py): Unknown = by preprocessor
 
     def describe(self, model_label: str) -> str:
         """sd-webui-controlnet's infotext value of the unit (``ControlNet 0: "Module: canny, ..."``)."""
@@ -218,6 +219,7 @@ def parse_unit(value: Any, index: int) -> Unit | None:
         pixel_perfect=_bool(value.get("pixel_perfect", False), "pixel_perfect", where),
         control_mode=_choice(value.get("control_mode", 0), CONTROL_MODES, {}, "control_mode", where),
         hr_option=_choice(value.get("hr_option", 0), HR_OPTIONS, {}, "hr_option", where),
+        union_control_type=str(value.get("union_control_type") or "Unknown").strip(),
     )
 
 

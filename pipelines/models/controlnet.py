@@ -141,6 +141,12 @@ def _normalised(value: Any) -> Any:
 
 
 def check_matches(config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> None:
+    """EaselError naming both architectures unless a (loaded) model's config fits the active UNet's."""
+    if "adapter_type" in config:  # a T2I-Adapter: its features must land on the UNet's insertion points
+        from pipelines.models.t2i_adapter import check_fits
+
+        check_fits(config, unet_config)
+        return
     unet = dict(unet_config)
     depth = unet.get("transformer_layers_per_block", 1)
     if isinstance(depth, int):
@@ -158,10 +164,15 @@ def check_matches(config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> 
             )
 
 
+_CLASSES = (None, "ControlNetModel", "ControlNetUnionModel", "T2IAdapter")
+
+
 def load_controlnet(
     path: Path, unet_config: Mapping[str, Any], dtype: torch.dtype = torch.float32, allow_pickle: bool = False
-) -> ControlNetModel:
-    """A ControlNet file (either layout) or diffusers folder, for a UNet of ``unet_config``; nothing downloaded."""
+) -> Any:
+    """A ControlNet, ControlNet-Union or T2I-Adapter file (any layout) or diffusers folder, for a UNet of
+    ``unet_config``; the kind is told by the tensors, nothing downloaded."""
+    own: dict[str, Any] | None = None
     if path.is_dir():
         weights = next((path / n for n in ("diffusion_pytorch_model.safetensors",) if (path / n).is_file()), None)
         if weights is None:
@@ -172,11 +183,22 @@ def load_controlnet(
                 own = json.loads((path / "config.json").read_text())
             except (OSError, ValueError) as exc:
                 raise EaselError(f"{path.name}/config.json is not readable JSON ({exc})") from None
-            if own.get("_class_name") not in (None, "ControlNetModel"):
-                raise EaselError(f"{path.name}/ holds a {own.get('_class_name')}, not a ControlNetModel")
+            if not isinstance(own, dict) or own.get("_class_name") not in _CLASSES:
+                what = own.get("_class_name") if isinstance(own, dict) else "config"
+                raise EaselError(f"{path.name}/ holds a {what}, not a ControlNet or T2I-Adapter")
     else:
         state = load_state_dict(path, allow_pickle)
+    from pipelines.models import controlnet_union, t2i_adapter
+
+    if t2i_adapter.is_adapter(state):
+        return t2i_adapter.build_adapter(state, unet_config, dtype, path.name, own)
     state = to_diffusers_layout(state)
+    if controlnet_union.is_union(state):
+        config = controlnet_union.derive_union_config(state, unet_config, own)
+        model = controlnet_union.build_union(config)
+        t2i_adapter.check_shapes(model, state, f"ControlNet-Union {path.name}")
+        _load_into(model, state, dtype, f"ControlNet-Union {path.name}")
+        return model
     config = derive_config(state, unet_config)
     with torch.device("meta"):
         model = ControlNetModel(**config)

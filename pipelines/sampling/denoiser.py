@@ -76,6 +76,7 @@ class ModelInputs:
     cross_attention_kwargs: dict[str, Any] | None = None
     down_block_additional_residuals: Sequence[torch.Tensor] | None = None
     mid_block_additional_residual: torch.Tensor | None = None
+    down_intrablock_additional_residuals: Sequence[torch.Tensor] | None = None  # T2I-Adapter features
     sigma: torch.Tensor | None = None  # [batch], for wrappers that need the noise level
     state: SamplingState | None = None
 
@@ -179,6 +180,8 @@ class UNetDenoiser:
             kwargs["down_block_additional_residuals"] = inputs.down_block_additional_residuals
         if inputs.mid_block_additional_residual is not None:
             kwargs["mid_block_additional_residual"] = inputs.mid_block_additional_residual
+        if inputs.down_intrablock_additional_residuals is not None:  # a new list: the UNet pops from it
+            kwargs["down_intrablock_additional_residuals"] = list(inputs.down_intrablock_additional_residuals)
         return self.unet(inputs.sample, inputs.timestep, **kwargs)[0].float()
 
     def output_to_denoised(
@@ -341,3 +344,13 @@ def with_residuals(inputs: ModelInputs, down: Sequence[torch.Tensor] | None, mid
     elif mid is None:
         mid = inputs.mid_block_additional_residual
     return replace(inputs, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+
+def with_intrablock_residuals(inputs: ModelInputs, features: Sequence[torch.Tensor]) -> ModelInputs:
+    """``inputs`` with T2I-Adapter features added to any already there (several adapters sum, level by level)."""
+    current = inputs.down_intrablock_additional_residuals
+    if current is not None:
+        if len(current) != len(features):
+            raise ValueError(f"adapter features for {len(features)} levels cannot join {len(current)} levels")
+        features = [a + b for a, b in zip(current, features, strict=True)]
+    return replace(inputs, down_intrablock_additional_residuals=list(features))
