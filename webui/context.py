@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.extensions.loader import LoadedExtensions
 from pipelines.generate import Engine
@@ -35,6 +36,7 @@ class AppContext:
         self.settings.record(self.engine)
 
     extensions: LoadedExtensions | None = None  # None: started without extensions (tests, --disable-all-extensions)
+    paste_targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # tab -> infotext key -> widget (extensions)
     extension_admin_allowed: bool = False  # install/update/remove from the UI (see ServerConfig)
 
     def checkpoint_names(self) -> list[str]:
