@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the fixtures imported from tests.test_controlnet are parameters here)
 """ControlNet units read back from the infotext (the text sd-webui-controlnet writes, parsed robustly) and its
 settings: the unit count from config.json, clamped, saved by the Settings tab and read on the next start."""
 
@@ -24,7 +25,7 @@ def cn_module(name: str) -> Any:
     return sys.modules[f"{MODULE_PREFIX}controlnet.{name}"]
 
 
-def test_pairs_split_only_at_keys_and_inner_quotes_come_off(builtins: LoadedExtensions) -> None:  # noqa: F811
+def test_pairs_split_only_at_keys_and_inner_quotes_come_off(builtins: LoadedExtensions) -> None:
     split = cn_module("infotext").split_pairs
     text = 'Module: canny, Model: my, odd: name [abcdef12], Weight: 0.5, Control Mode: "My prompt is more important"'
     assert split(text) == {
@@ -36,7 +37,7 @@ def test_pairs_split_only_at_keys_and_inner_quotes_come_off(builtins: LoadedExte
     assert split("") == {}
 
 
-def test_a_unit_reads_back_with_its_model_matched(builtins: LoadedExtensions, cn_dir: Path) -> None:  # noqa: F811
+def test_a_unit_reads_back_with_its_model_matched(builtins: LoadedExtensions, cn_dir: Path) -> None:
     infotext = cn_module("infotext")
     models = cn_module("control").list_models([cn_dir])
     other = next(m for m in models if m.name == "tiny-sd1-other")
@@ -71,7 +72,7 @@ def test_a_unit_reads_back_with_its_model_matched(builtins: LoadedExtensions, cn
     ]
 
 
-def test_generated_png_parses_back_to_the_same_unit(engine: Engine) -> None:  # noqa: F811
+def test_generated_png_parses_back_to_the_same_unit(engine: Engine) -> None:
     sent = unit(
         module="canny",
         weight=0.65,
@@ -101,7 +102,7 @@ def test_generated_png_parses_back_to_the_same_unit(engine: Engine) -> None:  # 
     assert again.infotexts[0] == result.infotexts[0]
 
 
-def test_an_infotext_without_units_reads_nothing(engine: Engine) -> None:  # noqa: F811
+def test_an_infotext_without_units_reads_nothing(engine: Engine) -> None:
     text = format_infotext("a boat", "", {"Steps": 3, "Seed": 1, "Size": "64x64"})
     assert engine.hooks.read_infotext(parse_infotext(text)).values == {}
 
@@ -124,8 +125,8 @@ def test_unit_count_from_config_json_is_clamped(tmp_path: Path, saved: Any, coun
 
 
 def test_settings_tab_saves_the_count_for_the_next_start(
-    engine: Engine,  # noqa: F811
-    builtins: LoadedExtensions,  # noqa: F811
+    engine: Engine,
+    builtins: LoadedExtensions,
     tmp_path: Path,
 ) -> None:
     from webui.context import AppContext
