@@ -60,7 +60,7 @@ def _widget(item: ExtensionSetting, value: Any) -> gr.components.Component:
     setting = item.setting
     common: dict[str, Any] = {
         "label": setting.label,
-        "info": f"{setting.config_key} · takes effect after a restart",
+        "info": f"{setting.config_key} · saved in config.json, read at start-up",
         "elem_id": f"setting_{setting.config_key}",
         "elem_classes": ["easel-setting"],
         "interactive": True,
@@ -83,7 +83,7 @@ def build_sections(ctx: AppContext) -> dict[str, gr.components.Component]:
         sections.setdefault(item.setting.section or item.extension, []).append(item)
     for title, items in sections.items():
         with gr.Group(elem_classes=["easel-settings-section"], elem_id=f"settings_section_{items[0].extension}"):
-            gr.Markdown(f"### {title} (requires restart)", elem_classes=["easel-settings-heading"])
+            gr.Markdown(f"### {title}", elem_classes=["easel-settings-heading"])
             for i in range(0, len(items), 2):
                 with gr.Row():
                     for item in items[i : i + 2]:
