@@ -283,8 +283,9 @@ class Engine:
                         refiner = stack.enter_context(self.manager.borrowed(request.refiner_checkpoint))
                         _check_refiner(active, refiner)
                     # the memory policy places the model for this request's size; on out of memory it retries lower
+                    extra = self.hooks.request_modules(request, self._model_view(active))  # ControlNets
                     result = self.manager.memory.run(
-                        request, active, lambda plan: self._run_placed(request, active, job, refiner)
+                        request, active, lambda plan: self._run_placed(request, active, job, refiner), extra
                     )
             except BaseException:
                 job.set_status("failed")

@@ -44,6 +44,8 @@ AfterImage = Callable[["GenerationRequest", "Image.Image", int], "Image.Image | 
 AfterBatch = Callable[["GenerationRequest", Sequence["Image.Image"], Sequence[int]], None]
 ModelPatch = Callable[["GenerationRequest", "ModelView"], "AbstractContextManager[Any] | None"]
 Generate = Callable[["GenerationRequest"], "GenerationResult"]
+InfotextReader = Callable[[Mapping[str, str]], "InfotextValues | None"]
+RequestModules = Callable[["GenerationRequest", "ModelView"], "Sequence[torch.nn.Module] | None"]
 
 
 Upscale = Callable[["Image.Image", tuple[int, int], str], "Image.Image | None"]
@@ -82,6 +84,19 @@ class ModelView:
     text_encoders: tuple[torch.nn.Module, ...]
     device: torch.device
     dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class InfotextValues:
+    """What an extension reads out of a parsed infotext (A1111's ``infotext_pasted`` callbacks add the same).
+
+    ``values``: keys of the extension's own choosing (sd-webui-controlnet's ``ControlNet 0 module``...), added to
+    ``/sdapi/v1/png-info``'s ``parameters`` and pasted into the widgets the extension's accordion names for them;
+    ``warnings``: what could not be restored as written (a model that is not installed), for the UI to show.
+    """
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,8 @@ class ExtensionHooks:
     after_batch: list[AfterBatch] = field(default_factory=list)
     model_patches: list[ModelPatch] = field(default_factory=list)
     scripts: list[Script] = field(default_factory=list)
+    infotext_readers: list[InfotextReader] = field(default_factory=list)
+    request_modules: list[RequestModules] = field(default_factory=list)
 
 
 class EngineHooks:
@@ -293,6 +310,35 @@ class EngineHooks:
                     manager.__exit__(None, None, None)
                 except Exception as exc:
                     self._fail(name, "model_patch (taking it off)", exc)
+
+    def request_modules(self, request: GenerationRequest, model: ModelView) -> list[torch.nn.Module]:
+        """Modules the extensions will run beside the UNet for this request (ControlNets), once each.
+
+        The memory policy counts their bytes in its decision and places them with the UNet (``placement``).
+        """
+        found: dict[int, torch.nn.Module] = {}
+        for ext in self.active():
+            for hook in ext.request_modules:
+                modules = self._guarded(ext.name, "request_modules", hook, lambda *_a: None)(request, model)
+                for module in modules or ():
+                    found.setdefault(id(module), module)
+        return list(found.values())
+
+    def read_infotext(self, fields: Mapping[str, str]) -> InfotextValues:
+        """Every extension's reading of one parsed infotext (``parse_infotext``'s dict), merged in order."""
+        values: dict[str, Any] = {}
+        warnings: list[str] = []
+        for ext in self.active():
+            for reader in ext.infotext_readers:
+                try:
+                    read = self._guarded(ext.name, "infotext_reader", reader, lambda _f: None)(dict(fields))
+                except EaselError as exc:  # a text it cannot read is worth a note, never a failed paste
+                    warnings.append(f"{ext.name}: {exc}")
+                    continue
+                if read is not None:
+                    values.update(read.values)
+                    warnings.extend(read.warnings)
+        return InfotextValues(values, tuple(warnings))
 
     # -- scripts --------------------------------------------------------------------------------------------
     def scripts(self, mode: str | None = None) -> list[Script]:

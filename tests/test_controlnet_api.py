@@ -78,7 +78,7 @@ def test_routes_answer_with_sd_webui_controlnet_shapes(server: LaunchedServer) -
     assert [s["name"] for s in canny["sliders"]] == ["Resolution", "Low Threshold", "High Threshold"]
     types = get(server, "/controlnet/control_types")["control_types"]
     assert types["Canny"]["default_model"] == models[0] and types["All"]["default_option"] == "none"
-    assert get(server, "/controlnet/settings") == {"control_net_unit_count": 3}
+    assert get(server, "/controlnet/settings") == {"control_net_unit_count": 3, "control_net_max_models_num": 3}
 
 
 def test_detect_runs_a_preprocessor(server: LaunchedServer) -> None:

@@ -142,7 +142,7 @@ def test_every_level_makes_the_same_image_and_hooks_come_and_go(engine: Engine, 
     baseline = pixels(engine)
     policy = engine.manager.memory
     for mode in (*LEVELS, MODEL_OFFLOAD, RESIDENT):
-        monkeypatch.setattr(policy, "plan", lambda _active, _size, mode=mode: plan(mode))
+        monkeypatch.setattr(policy, "plan", lambda _active, _size, _extra=(), mode=mode: plan(mode))
         assert np.array_equal(pixels(engine), baseline), mode
         assert policy.last_plan is not None and policy.last_plan.mode == mode
         offload = active.placement.offload

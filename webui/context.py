@@ -38,6 +38,7 @@ class AppContext:
         self.settings.record(self.engine)
 
     extensions: LoadedExtensions | None = None  # None: started without extensions (tests, --disable-all-extensions)
+    paste_targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # tab -> infotext key -> widget (extensions)
     extension_admin_allowed: bool = False  # install/update/remove from the UI (see ServerConfig)
 
     def checkpoint_names(self) -> list[str]:

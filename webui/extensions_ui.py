@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from pipelines.extensions.context import AccordionParts
 from pipelines.extensions.loader import ExtensionRecord
 from pipelines.fields import FIELDS
 from pipelines.hooks import Script
@@ -80,6 +81,9 @@ def build_extension_inputs(ctx: AppContext, tab: str) -> ExtensionInputs:
             except Exception as exc:
                 _failed(record, f"its {tab} accordion", exc)
                 continue
+            if isinstance(built, AccordionParts):  # widgets an infotext's values are pasted into, by key
+                ctx.paste_targets.setdefault(tab, {}).update(built.paste)
+                built = built.fields
             for short, component in built.items():
                 if f"{record.name}.{short}" not in FIELDS:  # its value would make every request fail
                     log.error("extension %s: accordion widget %r is no field of it; left out", record.name, short)

@@ -84,6 +84,32 @@ def infotext_updates(
     return updates, checkpoint
 
 
+def paste_updates(ctx: AppContext, text: str | None, targets: list[tuple[str, Any]]) -> list[Any]:
+    """Updates for the extensions' paste widgets (``AccordionParts.paste``) from one infotext, in ``targets`` order.
+
+    The extensions read their own keys (``EngineHooks.read_infotext``); a key the text does not hold leaves its
+    widget as it is (as A1111). A dropdown value this server does not list is added to its choices, so a model
+    that is not installed keeps its name (its extension warned; generating names it in a clear error).
+    """
+    if not targets:
+        return []
+    read = ctx.engine.hooks.read_infotext(parse_infotext((text or "").strip()))
+    for warning in read.warnings:
+        gr.Warning(warning)
+    updates: list[Any] = []
+    for key, component in targets:
+        if key not in read.values:
+            updates.append(gr.update())
+            continue
+        value = read.values[key]
+        choices = [c[1] if isinstance(c, tuple) else c for c in getattr(component, "choices", None) or []]
+        if isinstance(component, gr.Dropdown) and value not in choices:
+            updates.append(gr.update(value=value, choices=[*choices, value]))
+        else:
+            updates.append(gr.update(value=value))
+    return updates
+
+
 def wire_prompt_tools(app: gr.Blocks, ctx: AppContext, tabs: gr.Tabs, checkpoint: gr.Dropdown) -> None:
     """Call inside ``with app:`` after every tab is built."""
     widgets = _by_id(app)
@@ -107,12 +133,13 @@ def wire_prompt_tools(app: gr.Blocks, ctx: AppContext, tabs: gr.Tabs, checkpoint
                 )
         names = [name for name in FIELD_IDS if f"{tab}_{FIELD_IDS[name]}" in widgets]
         targets = [widgets[f"{tab}_{FIELD_IDS[name]}"] for name in names]
+        pasted = list(ctx.paste_targets.get(tab, {}).items())  # the extensions' widgets, by infotext key
         read_button = widgets.get(f"{tab}_read_parameters")
         if read_button is not None:
             read_button.click(
-                _reader(ctx, names),
+                _reader(ctx, names, pasted),
                 [prompt],
-                [*targets, checkpoint],
+                [*targets, checkpoint, *(c for _, c in pasted)],
                 queue=False,
                 api_visibility="private",
             )
@@ -129,7 +156,8 @@ def wire_prompt_tools(app: gr.Blocks, ctx: AppContext, tabs: gr.Tabs, checkpoint
             if with_image:
                 outputs.append(image_target)
                 inputs.append(source)
-            sender = _sender(ctx, names, tab if with_image else "txt2img", tab)
+            outputs += [c for _, c in pasted]
+            sender = _sender(ctx, names, tab if with_image else "txt2img", tab, pasted)
             send.click(sender, inputs, outputs, queue=False, api_visibility="private")
     _wire_send_to_png_info(widgets, tabs)
 
@@ -148,15 +176,17 @@ def _wire_send_to_png_info(widgets: dict[str, Any], tabs: gr.Tabs) -> None:
     button.click(send, [source], [target, tabs], queue=False, api_visibility="private")
 
 
-def _reader(ctx: AppContext, names: list[str]) -> Callable[..., list[Any]]:
+def _reader(ctx: AppContext, names: list[str], pasted: list[tuple[str, Any]]) -> Callable[..., list[Any]]:
     def read(text: str | None) -> list[Any]:
         updates, checkpoint = infotext_updates(ctx, text, names)
-        return [*updates, checkpoint]
+        return [*updates, checkpoint, *paste_updates(ctx, text, pasted)]
 
     return read
 
 
-def _sender(ctx: AppContext, names: list[str], image_kind: str, tab: str) -> Callable[..., list[Any]]:
+def _sender(
+    ctx: AppContext, names: list[str], image_kind: str, tab: str, pasted: list[tuple[str, Any]]
+) -> Callable[..., list[Any]]:
     """``image_kind``: where the PNG Info image goes too (img2img's image, the inpaint editor), or txt2img: nowhere."""
 
     def send(text: str | None, image: Any = None) -> list[Any]:
@@ -169,6 +199,6 @@ def _sender(ctx: AppContext, names: list[str], image_kind: str, tab: str) -> Cal
                 out.append(gr.update(value={"background": image, "layers": [], "composite": image}))
             else:
                 out.append(gr.update())
-        return out
+        return out + paste_updates(ctx, text, pasted)
 
     return send

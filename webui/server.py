@@ -43,7 +43,8 @@ def build_context(args: ServerConfig) -> AppContext:
         MemoryPolicy(device, dtype, memory),
     )
     folders = NetworkFolders.from_models_dir(args.models_dir, args.embeddings_dir)
-    extensions = None if args.disable_all_extensions else load_extensions(args.extensions_dir)
+    store = SettingsStore.open(args.data_dir, args.ui_settings_file)  # before the extensions: their settings
+    extensions = None if args.disable_all_extensions else load_extensions(args.extensions_dir, config=store.values)
     engine = Engine(
         manager,
         args.outputs_dir,
@@ -63,7 +64,6 @@ def build_context(args: ServerConfig) -> AppContext:
             args.allow_pickle, controlnet=[args.controlnet_dir], annotators=[args.models_dir / "annotators"]
         )
         extensions.catalog.bind_device(str(device))
-    store = SettingsStore.open(args.data_dir, args.ui_settings_file)
     ctx = AppContext(
         engine,
         demo_checkpoint=demo.relative_to(args.ckpt_dir).as_posix() if demo else None,

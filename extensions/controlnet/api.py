@@ -79,7 +79,8 @@ def build_router(runtime: ControlNetRuntime) -> APIRouter:
 
     @router.get("/settings")
     def settings() -> dict[str, int]:
-        return {"control_net_unit_count": runtime.unit_count}
+        """The units this server runs (its start-up value of the setting); older clients read the older key."""
+        return {"control_net_unit_count": runtime.unit_count, "control_net_max_models_num": runtime.unit_count}
 
     @router.post("/detect")
     def detect(body: DetectRequest) -> dict[str, Any]:

@@ -232,6 +232,22 @@ class ControlNetRuntime:
         self.unit_count = unit_count
         self.cache = ModelCache(cache_size)
         self._prepared: dict[int, tuple[Any, list[Prepared]]] = {}
+        self._declared: tuple[Any, dict[str, Any]] | None = None  # the request's models, placed by the memory policy
+
+    def modules(self, request: Any, view: Any) -> list[Any]:
+        """The request's ControlNets, loaded in RAM, for the memory policy to count and place (``request_modules``).
+
+        Kept for the request's patch, which then leaves their placement to the policy (under model offload they
+        come onto the device with the UNet and leave with it).
+        """
+        values, units = self.units(request)
+        models: dict[str, Any] = {}
+        for unit in units:
+            file = find_model(self.folders(), unit.model)
+            if str(file.path) not in models:
+                models[str(file.path)] = self.cache.get(file, view.unet.config, view.dtype, bool(self._allow_pickle()))
+        self._declared = (values, models) if models else None
+        return list(models.values())
 
     def folders(self) -> list[Path]:
         return list(self._folders())
@@ -254,11 +270,14 @@ class ControlNetRuntime:
         device, dtype = view.device, view.dtype
         prepared: list[Prepared] = []
         placed: list[Any] = []
+        declared = self._declared[1] if self._declared is not None and self._declared[0] is values else {}
         try:
             for unit in units:
                 file = find_model(self.folders(), unit.model)
-                model = self.cache.get(file, view.unet.config, dtype, bool(self._allow_pickle()))
-                if all(model is not other for other in placed):
+                model = declared.get(str(file.path))
+                if model is None:  # not given to the memory policy (a direct call): placed here, as before
+                    model = self.cache.get(file, view.unet.config, dtype, bool(self._allow_pickle()))
+                if model not in declared.values() and all(model is not other for other in placed):
                     model.to(device)
                     placed.append(model)
                 image = unit.image if unit.image is not None else init

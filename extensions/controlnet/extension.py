@@ -15,15 +15,31 @@ from pipelines.errors import EaselError
 
 from .annotators import LIBRARY
 from .control import ControlNetRuntime, find_model
+from .infotext import read_infotext
 from .units import MAX_UNITS
 
 VERSION = 3  # sd-webui-controlnet's API version, which clients check
 
 
 def setup(ctx: Any) -> None:
-    count = ctx.setting("unit_count", 3, "ControlNet units per tab")
+    # sd-webui-controlnet's config.json keys, so a config.json copied from A1111 keeps its unit count
+    count = ctx.setting(
+        "unit_count",
+        3,
+        f"ControlNet units per tab (1-{MAX_UNITS}; requires restart)",
+        config_key="control_net_unit_count",
+        bounds=(1, MAX_UNITS),
+        section="ControlNet",
+    )
     count = min(max(1, count), MAX_UNITS)
-    cache_size = ctx.setting("model_cache_size", 2, "ControlNet models kept in RAM")
+    cache_size = ctx.setting(
+        "model_cache_size",
+        2,
+        "ControlNet models kept in RAM (requires restart)",
+        config_key="control_net_model_cache_size",
+        bounds=(1, 16),
+        section="ControlNet",
+    )
     runtime = ControlNetRuntime(
         lambda: ctx.catalog.model_folders("controlnet"), lambda: ctx.catalog.allow_pickle, count, max(1, cache_size)
     )
@@ -46,6 +62,12 @@ def setup(ctx: Any) -> None:
             extra[f"ControlNet {unit.index}"] = unit.describe(find_model(runtime.folders(), unit.model).label)
         return replace(request, extra_params=extra)
 
+    @ctx.infotext_reader
+    def read(fields: Any) -> Any:
+        """``ControlNet N: "Module: ..., Model: ..."`` back into unit values (PNG Info's "Send to", png-info)."""
+        return read_infotext(fields, runtime.folders())
+
+    ctx.request_modules(runtime.modules)  # counted and placed by the memory policy with the UNet
     ctx.model_patch(runtime.patch)
     ctx.model_call(runtime.model_call)
 

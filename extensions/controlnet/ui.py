@@ -13,10 +13,11 @@ from typing import Any
 import gradio as gr
 
 from pipelines.errors import EaselError
+from pipelines.extensions.context import AccordionParts
 
 from . import annotators, preprocessors
 from .control import ControlNetRuntime, list_models
-from .units import CONTROL_MODES, RESIZE_MODES, load_image
+from .units import CONTROL_MODES, HR_OPTIONS, RESIZE_MODES, load_image
 
 NO_MODEL = "None"
 
@@ -30,7 +31,7 @@ def _module_choices() -> list[str]:
     return [*preprocessors.PREPROCESSORS, *annotators.LIBRARY.available()]
 
 
-def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
+def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, dict[str, Any]]:
     elem = f"{tab}_controlnet_unit{index}"
     with gr.Row():
         image = gr.Image(
@@ -61,6 +62,9 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
     resize_mode = gr.Radio(
         list(RESIZE_MODES), value=RESIZE_MODES[1], label="Resize Mode", elem_id=f"{elem}_resize_mode"
     )
+    hr_option = gr.Radio(  # which pass of the hires fix the unit guides: only txt2img has one
+        list(HR_OPTIONS), value=HR_OPTIONS[0], label="Hires fix", elem_id=f"{elem}_hr_option", visible=tab == "txt2img"
+    )
     widgets = [
         enabled,
         image,
@@ -75,6 +79,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
         resolution,
         threshold_a,
         threshold_b,
+        hr_option,
     ]
     keys = [
         "enabled",
@@ -90,6 +95,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
         "processor_res",
         "threshold_a",
         "threshold_b",
+        "hr_option",
     ]
     state = gr.JSON({}, visible=False, elem_id=f"{elem}_value")
 
@@ -107,21 +113,28 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
     for widget in widgets:
         widget.change(unit_value, widgets, state, queue=False, api_visibility="private")
 
-    def sliders(name: str) -> tuple[Any, Any]:
-        """The threshold sliders as the preprocessor names them (hidden when it has none)."""
-        found = preprocessors.find(name).sliders
+    def sliders(name: str, defaults: bool = False) -> tuple[Any, Any]:
+        """The threshold sliders as the preprocessor names them (hidden when it has none); ``defaults``: also its
+        default values (when the user picks it, not when an infotext pastes it with its own values)."""
+        try:
+            found = preprocessors.find(name).sliders
+        except EaselError:  # a pasted name this server lacks: generating says so
+            found = ()
         updates = []
         for i in range(2):
             if i < len(found):
                 s = found[i]
+                value = {"value": s.value} if defaults else {}
                 updates.append(
-                    gr.update(visible=True, label=s.name, minimum=s.min, maximum=s.max, step=s.step, value=s.value)
+                    gr.update(visible=True, label=s.name, minimum=s.min, maximum=s.max, step=s.step, **value)
                 )
             else:
                 updates.append(gr.update(visible=False))
         return updates[0], updates[1]
 
-    module.change(sliders, module, [threshold_a, threshold_b], queue=False, api_visibility="private")
+    private = {"queue": False, "api_visibility": "private"}
+    module.change(sliders, module, [threshold_a, threshold_b], **private)
+    module.input(lambda name: sliders(name, True), module, [threshold_a, threshold_b], **private)
     refresh.click(
         lambda: (gr.update(choices=_model_choices(runtime)), gr.update(choices=_module_choices())),
         None,
@@ -142,14 +155,18 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
     run_preview.click(
         show_map, [image, module, resolution, threshold_a, threshold_b], preview, api_visibility="private"
     )
-    return state
+    paste = {f"ControlNet {index} {key}": w for key, w in zip(keys, widgets, strict=True) if key != "image"}
+    return state, paste
 
 
-def build_accordion(tab: str, runtime: ControlNetRuntime) -> dict[str, Any]:
-    """Inside the accordion the extensions UI opens: a sub-tab per unit; ``{unit_i: its value}`` for the request."""
+def build_accordion(tab: str, runtime: ControlNetRuntime) -> AccordionParts:
+    """Inside the accordion the extensions UI opens: a sub-tab per unit; ``{unit_i: its value}`` for the request,
+    and each unit's widgets under sd-webui-controlnet's infotext keys (``ControlNet 0 weight``) for pasting."""
     states: dict[str, Any] = {}
+    paste: dict[str, Any] = {}
     with gr.Tabs(elem_id=f"{tab}_controlnet_units"):
         for i in range(runtime.unit_count):
             with gr.Tab(f"ControlNet Unit {i}", elem_id=f"{tab}_controlnet_unit{i}_tab"):
-                states[f"unit_{i}"] = _unit(tab, i, runtime)
-    return states
+                states[f"unit_{i}"], widgets = _unit(tab, i, runtime)
+                paste.update(widgets)
+    return AccordionParts(states, paste)

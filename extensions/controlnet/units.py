@@ -103,6 +103,7 @@ class Unit:
             "Guidance End": f"{self.guidance_end:g}",
             "Pixel Perfect": str(self.pixel_perfect),
             "Control Mode": CONTROL_MODES[self.control_mode],
+            "Hr Option": HR_OPTIONS[self.hr_option],
         }
         return ", ".join(f"{k}: {v}" for k, v in parts.items())
 

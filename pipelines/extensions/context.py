@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 from pipelines.errors import EaselError
 from pipelines.fields import ALL_MODES, FIELDS, FieldRegistry, Infotext, RequestField, Widget, whole_number
-from pipelines.hooks import ExtensionHooks, Script, ScriptArg
+from pipelines.hooks import ExtensionHooks, InfotextValues, Script, ScriptArg
+
+__all__ = ["AccordionParts", "ExtensionContext", "InfotextValues", "Setting"]  # what extensions import from here
 
 F = TypeVar("F", bound=Callable[..., Any])
 GENERATION_TABS = ("txt2img", "img2img", "inpaint")
@@ -36,6 +38,18 @@ class Accordion:
 
 
 @dataclass(frozen=True)
+class AccordionParts:
+    """What an accordion's ``build(tab)`` may return instead of a plain ``{field: component}``.
+
+    ``paste``: ``{key: component}``, the widget each key of the extension's infotext reader (``ctx.infotext_reader``)
+    is pasted into by PNG Info's "Send to" and the prompt's "read parameters" button (A1111's ``infotext_fields``).
+    """
+
+    fields: Mapping[str, Any]
+    paste: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Tab:
     """A whole tab of the extension's own; ``build()`` lays out Gradio components inside it."""
 
@@ -45,9 +59,31 @@ class Tab:
 
 @dataclass(frozen=True)
 class Setting:
+    """An extension's setting: read once at start-up (a change takes effect on the next start, as A1111's
+    "requires restart" options), kept in config.json under ``config_key``, shown in the Settings tab's ``section``."""
+
     key: str
     default: Any
     label: str
+    config_key: str = ""
+    bounds: tuple[float, float] | None = None
+    section: str = ""
+
+    def checked(self, value: Any) -> Any:
+        """``value`` as this setting's type, numbers clamped into ``bounds``; EaselError when it is not one."""
+        kind = type(self.default)
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, int | float | str | bool):
+            raise EaselError(f"{self.config_key}: expected {kind.__name__}, got {value!r}")
+        if kind in (int, float):
+            if isinstance(value, str) or (kind is int and isinstance(value, float) and not value.is_integer()):
+                raise EaselError(f"{self.config_key}: expected {kind.__name__}, got {value!r}")
+            value = kind(value)
+            if self.bounds is not None:
+                value = min(max(value, kind(self.bounds[0])), kind(self.bounds[1]))
+            return value
+        if not isinstance(value, kind):
+            raise EaselError(f"{self.config_key}: expected {kind.__name__}, got {value!r}")
+        return value
 
 
 @dataclass
@@ -146,13 +182,15 @@ class ExtensionContext:
         settings: Mapping[str, Any] | None = None,
         registry: FieldRegistry = FIELDS,
         catalog: Catalog | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.catalog = Catalog() if catalog is None else catalog  # names of installed models, VAEs, styles
         self.folder = folder  # the extension's own folder: for its data files, read-only by convention
         self.log = logging.getLogger(f"easel.extensions.{name}")
         self._registry = registry
-        self._saved_settings = dict(settings or {})
+        self._saved_settings = dict(settings or {})  # extensions-state.json's (older Easel versions kept them there)
+        self._config = dict(config or {})  # config.json's values at start-up: where settings live now
         self.contributions = Contributions(ExtensionHooks(name, priority))
 
     # -- request fields --------------------------------------------------------------------------------------
@@ -245,6 +283,19 @@ class ExtensionContext:
         """``fn(request, images, seeds)``: each finished batch."""
         return self._add("after_batch", fn)
 
+    def request_modules(self, fn: F) -> F:
+        """``fn(request, model: ModelView) -> [torch.nn.Module]``: modules this request runs beside the UNet (a
+        ControlNet), loaded in RAM. The memory policy counts their size in its decision and places them with the
+        UNet (on the device only while it runs, under model offload too); the extension must not move them itself.
+        """
+        return self._add("request_modules", fn)
+
+    def infotext_reader(self, fn: F) -> F:
+        """``fn(fields) -> InfotextValues | None``: read the extension's keys out of a parsed infotext
+        (``parse_infotext``'s dict); PNG Info's "Send to" pastes the values into the accordion's ``paste`` widgets
+        (``AccordionParts``), and ``/sdapi/v1/png-info`` adds them to its ``parameters``."""
+        return self._add("infotext_readers", fn)
+
     def model_patch(self, fn: F) -> F:
         """``fn(request, model: ModelView) -> context manager | None``: changes the model for one request and
         restores it on exit (``pipelines.hooks.patched_weights`` does both for weight tensors)."""
@@ -284,8 +335,31 @@ class ExtensionContext:
         """``build()`` returns a FastAPI ``APIRouter``; its paths are served under ``/<extension>/``, behind login."""
         self.contributions.routes.append(build)
 
-    def setting(self, key: str, default: Any, label: str = "") -> Any:
-        """Declare a setting; returns its saved value (``extensions-state.json``) or ``default``."""
-        self.contributions.settings.append(Setting(key, default, label or key))
-        value = self._saved_settings.get(key, default)
-        return value if isinstance(value, type(default)) else default
+    def setting(
+        self,
+        key: str,
+        default: Any,
+        label: str = "",
+        *,
+        config_key: str | None = None,
+        bounds: tuple[float, float] | None = None,
+        section: str | None = None,
+    ) -> Any:
+        """Declare a setting; returns its saved value (config.json's ``config_key``, default ``<extension>_<key>``;
+        else ``extensions-state.json``'s) or ``default``. Numbers are clamped into ``bounds``; a value of the wrong
+        type gives the default (with a log line). The Settings tab shows it under ``section`` (default: the name).
+        """
+        setting = Setting(key, default, label or key, config_key or f"{self.name}_{key}", bounds, section or self.name)
+        self.contributions.settings.append(setting)
+        for source, values, name in (
+            ("config.json", self._config, setting.config_key),
+            ("state", self._saved_settings, key),
+        ):
+            if name not in values:
+                continue
+            try:
+                return setting.checked(values[name])
+            except EaselError as exc:
+                self.log.warning("%s: %s; the default %r is used", source, exc, default)
+                return default
+        return default

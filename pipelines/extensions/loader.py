@@ -11,8 +11,10 @@ import importlib.util
 import logging
 import sys
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipelines.errors import EaselError
 from pipelines.extensions.context import Catalog, Contributions, ExtensionContext
@@ -135,29 +137,38 @@ def load_extensions(
     builtin_dir: Path = BUILTIN_DIR,
     state: ExtensionState | None = None,
     registry: FieldRegistry = FIELDS,
+    config: Mapping[str, Any] | None = None,
 ) -> LoadedExtensions:
-    """Discover, then import every enabled extension in order; failures are recorded, never raised."""
+    """Discover, then import every enabled extension in order; failures are recorded, never raised.
+
+    ``config``: config.json's values, where the extensions' settings (``ctx.setting``) are read from.
+    """
     if state is None:
         state = ExtensionState.beside(user_dir if user_dir is not None else builtin_dir)
     records = discover(user_dir, builtin_dir, state)
     catalog = Catalog()
     for record in sorted(records, key=lambda r: r.sort_key):
         if record.enabled and record.error is None and record.manifest is not None:
-            _load(record, record.manifest, state, registry, catalog)
+            _load(record, record.manifest, state, registry, catalog, config or {})
     loaded = [r.name for r in records if r.loaded]
     log.info("extensions loaded: %s", ", ".join(loaded) or "none")
     return LoadedExtensions(records, state, user_dir, builtin_dir, registry, catalog)
 
 
 def _load(
-    record: ExtensionRecord, manifest: Manifest, state: ExtensionState, registry: FieldRegistry, catalog: Catalog
+    record: ExtensionRecord,
+    manifest: Manifest,
+    state: ExtensionState,
+    registry: FieldRegistry,
+    catalog: Catalog,
+    config: Mapping[str, Any],
 ) -> None:
     """Import the entry point as a package of its own and run ``setup(ctx)``; on any failure undo and record."""
     folder = record.folder.resolve()
     entry = (folder / manifest.entry).resolve()
     module_name = MODULE_PREFIX + manifest.name
     settings = state.settings(manifest.name)
-    ctx = ExtensionContext(manifest.name, folder, manifest.priority, settings, registry, catalog)
+    ctx = ExtensionContext(manifest.name, folder, manifest.priority, settings, registry, catalog, config)
     try:
         if not entry.is_relative_to(folder) or not entry.is_file():
             raise EaselError(f"entry point {manifest.entry} not found in {folder.name}/")

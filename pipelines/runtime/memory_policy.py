@@ -60,10 +60,11 @@ class ModelSizes:
     compute_bytes: int = 2  # element size of the UNet's compute dtype
     vae_compute_bytes: int = 2  # 4 when the VAE runs in fp32 (SDXL's original VAE is upcast)
     vae_sample_size: int = 512  # the VAE's training tile: tiles are never larger
+    extra: tuple[int, ...] = ()  # modules this request runs beside the UNet (ControlNets), on the device with it
 
     @property
     def total(self) -> int:
-        return self.unet + sum(self.text_encoders) + self.vae
+        return self.unet + sum(self.text_encoders) + self.vae + sum(self.extra)
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,10 @@ def weights_during(mode: str, sizes: ModelSizes) -> tuple[int, int, int]:
         return everything, everything, everything
     largest_te = max(sizes.text_encoders, default=0)
     if mode == MODEL_OFFLOAD:
-        unet = sizes.unet
-    elif mode == GROUP_BLOCK:
-        unet = 2 * sizes.unet_largest_block  # one group computing, the next one prefetched
-    else:
-        unet = 4 * sizes.unet_largest_leaf
+        unet = sizes.unet + sum(sizes.extra)  # the ControlNets come onto the device with the UNet
+    else:  # the UNet streams; each extra module is one more component on the device on its own
+        streamed = 2 * sizes.unet_largest_block if mode == GROUP_BLOCK else 4 * sizes.unet_largest_leaf
+        unet = max(streamed, max(sizes.extra, default=0))
     return largest_te, unet, sizes.vae
 
 
@@ -217,7 +217,9 @@ def decide(
     check_setting(setting, vae_tiling)
     effective = "medium" if medvram_sdxl and sizes.sdxl and setting == "auto" else setting
     decodes = _decode_options(sizes, size, vae_tiling)
-    what = f"{size.text()}, model {gb(sizes.total)}"
+    extra = sum(sizes.extra)
+    beside = f" + {gb(extra)} of extension modules (ControlNet)" if extra else ""
+    what = f"{size.text()}, model {gb(sizes.total - extra)}{beside}"
     if budget.device_type not in ("cuda", "mps"):
         return _resident_off_gpu(budget, sizes, size, setting, decodes, what)
     levels = _FORCED.get(effective, LEVELS)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -109,12 +109,13 @@ def empty_caches(device: torch.device) -> None:
 class _ClaimHook(ModelHook):
     """accelerate's hook protocol: ``execution_device`` tells diffusers pipelines where the inputs belong."""
 
-    def __init__(self, group: ExclusiveOffload) -> None:
+    def __init__(self, group: ExclusiveOffload, owner: torch.nn.Module | None = None) -> None:
         self.group = group
+        self.owner = owner  # a companion claims the component it runs with (a ControlNet: the UNet)
         self.execution_device = group.device
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
-        self.group.claim(module)
+        self.group.claim(module if self.owner is None else self.owner)
         return send_to_device(args, self.group.device), send_to_device(kwargs, self.group.device)
 
 
@@ -126,11 +127,37 @@ class ExclusiveOffload:
         self.holder: torch.nn.Module | None = None
         self._members: dict[int, torch.nn.Module] = {}
         self._evictors: dict[int, Any] = {}
+        self._companions: dict[int, list[torch.nn.Module]] = {}  # owner id -> modules on the device with it
 
     def add(self, module: torch.nn.Module) -> None:
         if id(module) not in self._members:
             add_hook_to_module(module, _ClaimHook(self))
             self._members[id(module)] = module
+
+    def add_companion(self, owner: torch.nn.Module, module: torch.nn.Module) -> None:
+        """``module`` runs with ``owner`` (a ControlNet with the UNet): onto the device with it, off with it."""
+        if id(module) in self._members:
+            return
+        add_hook_to_module(module, _ClaimHook(self, owner))
+        self._members[id(module)] = module
+        self._companions.setdefault(id(owner), []).append(module)
+        if self.holder is owner:
+            module.to(self.device)
+
+    def discard(self, module: torch.nn.Module) -> None:
+        """Take a member added for one request out again: its hook removed, its weights in RAM."""
+        if id(module) not in self._members:
+            return
+        if self.holder is module:
+            self.claim(None)
+        remove_hook_from_module(module)
+        del self._members[id(module)]
+        for group in self._companions.values():
+            group[:] = [m for m in group if m is not module]
+        module.to("cpu")
+
+    def _with_companions(self, module: torch.nn.Module) -> list[torch.nn.Module]:
+        return [module, *self._companions.get(id(module), ())]
 
     def add_evictor(self, module: torch.nn.Module) -> None:
         """A module that places itself (a group-offloaded UNet): it only sends the holder away before running.
@@ -147,10 +174,12 @@ class ExclusiveOffload:
         if self.holder is module:
             return
         if self.holder is not None:
-            self.holder.to("cpu")
+            for held in self._with_companions(self.holder):
+                held.to("cpu")
             self.holder = None
         if module is not None:
-            module.to(self.device)
+            for needed in self._with_companions(module):
+                needed.to(self.device)
             self.holder = module
 
     def remove(self) -> None:
@@ -158,9 +187,10 @@ class ExclusiveOffload:
             remove_hook_from_module(module)
         for handle in self._evictors.values():
             handle.remove()
+        self.claim(None)
         self._members.clear()
         self._evictors.clear()
-        self.claim(None)
+        self._companions.clear()
 
 
 # -- per-model state ---------------------------------------------------------------------------------------------
@@ -286,7 +316,8 @@ class MemoryPolicy:
             return MemoryBudget(kind, max(0, limit - torch.mps.driver_allocated_memory() + own), limit)
         return MemoryBudget(kind, available_ram_bytes())
 
-    def sizes(self, active: ActiveModel) -> ModelSizes:
+    def sizes(self, active: ActiveModel, extra: Sequence[torch.nn.Module] = ()) -> ModelSizes:
+        """The active model's component sizes, and ``extra``'s: the request's modules run beside the UNet."""
         m = active.model
         sample = m.vae.config.get("sample_size", 512)
         sample = int(sample[0] if isinstance(sample, list | tuple) else sample)
@@ -304,11 +335,35 @@ class MemoryPolicy:
             compute_bytes=compute,
             vae_compute_bytes=4 if _vae_upcasts(m.vae, self.dtype) else compute,
             vae_sample_size=sample,
+            extra=tuple(module_bytes([e]) for e in extra),
         )
 
-    def plan(self, active: ActiveModel, size: RequestSize) -> MemoryPlan:
+    def plan(self, active: ActiveModel, size: RequestSize, extra: Sequence[torch.nn.Module] = ()) -> MemoryPlan:
         s = self.settings
-        return decide(self.budget(active), self.sizes(active), size, s.memory, s.vae_tiling, s.medvram_sdxl)
+        sizes = self.sizes(active, extra)
+        return decide(self.budget(active), sizes, size, s.memory, s.vae_tiling, s.medvram_sdxl)
+
+    def place_extra(self, active: ActiveModel, extra: Sequence[torch.nn.Module]) -> None:
+        """Put the request's extra modules where the current level says: resident, with the UNet (model offload),
+        or one component of their own (group offload, where the UNet streams)."""
+        state = self._placement(active)
+        for module in extra:
+            if state.offload is None:
+                if self.device.type != "cpu":
+                    module.to(self.device)
+            elif state.mode == MODEL_OFFLOAD:
+                state.offload.add_companion(active.model.unet, module)
+            else:
+                state.offload.add(module)
+
+    def release_extra(self, active: ActiveModel, extra: Sequence[torch.nn.Module]) -> None:
+        """After an attempt: the extra modules back in RAM, without hooks (they belong to this request only)."""
+        state = self._placement(active)
+        for module in extra:
+            if state.offload is not None:
+                state.offload.discard(module)
+            if self.device.type != "cpu":
+                module.to("cpu")
 
     def status(self) -> dict[str, Any]:
         """What ``/sdapi/v1/memory`` and the UI show: the settings and the last plan, with its reason."""
@@ -471,18 +526,28 @@ class MemoryPolicy:
     def infotext(self, active: ActiveModel) -> dict[str, str]:
         return dict(FP8_INFOTEXT) if self._placement(active).fp8 else {}
 
-    def run(self, request: GenerationRequest, active: ActiveModel, attempt: Callable[[MemoryPlan], R]) -> R:
+    def run(
+        self,
+        request: GenerationRequest,
+        active: ActiveModel,
+        attempt: Callable[[MemoryPlan], R],
+        extra: Sequence[torch.nn.Module] = (),
+    ) -> R:
         """``attempt(plan)`` under the plan for this request; on out of memory one level lower, once.
+
+        ``extra``: modules the request runs beside the UNet (the extensions' ``request_modules``: ControlNets),
+        counted in the decision and placed with the UNet for each attempt, back in RAM after it.
 
         The model is left clean after every attempt (components offloaded back to RAM, caches emptied after a
         failure), so whatever happened the next request starts from a known state. What happened is added to the
         result's warnings.
         """
         size = request_size(request)
-        plan = self.plan(active, size)
+        plan = self.plan(active, size, extra)
         notes: list[str] = []
         for retry in (False, True):
             self.apply(active, plan, notes)
+            self.place_extra(active, extra)
             self.last_plan = plan
             self._announce_compile(active, size, notes)
             failure: str | None = None
@@ -499,6 +564,7 @@ class MemoryPolicy:
                 state = self._placement(active)
                 if state.offload is not None:
                     state.offload.claim(None)
+                self.release_extra(active, extra)
             # the exception and the frames holding the failed attempt's tensors are gone here
             if failure is None:
                 result.warnings.extend(notes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from pipelines.errors import EaselError
@@ -180,3 +182,16 @@ def test_cli_memory_flags_and_a1111_aliases():
     )
     with pytest.raises(SystemExit):
         parse_args(["--memory", "huge"])
+
+
+def test_a_controlnet_beside_the_unet_is_counted():
+    """3.5 GB holds SD1.5 resident at 1024; with an SD1.5 ControlNet (0.72 GB in fp16) on the device too it does
+    not, and model offload brings it with the UNet; three of them do not fit beside the UNet at all."""
+    budget = MemoryBudget("cuda", int(3.5 * GB))
+    alone = decide(budget, SD15, S1024)
+    assert alone.mode == RESIDENT
+    plan = decide(budget, replace(SD15, extra=(int(0.72 * GB),)), S1024)
+    assert plan.mode == MODEL_OFFLOAD and "+ 0.7 GB of extension modules (ControlNet)" in plan.reason
+    assert plan.estimated_peak > alone.estimated_peak
+    assert decide(budget, replace(SD15, extra=(int(0.72 * GB),) * 3), S1024).mode == GROUP_BLOCK
+    assert decide(MemoryBudget("cuda", int(4 * GB)), replace(SD15, extra=(int(0.72 * GB),)), S1024).mode == RESIDENT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -23,14 +24,23 @@ from webui.api.models import (
 )
 
 
-def png_info_of(data: str, max_pixels: int) -> dict[str, Any]:
-    """The image's A1111 parameters text, parsed, and its other text chunks."""
+def png_info_of(
+    data: str, max_pixels: int, read_extensions: Callable[[dict[str, str]], Any] | None = None
+) -> dict[str, Any]:
+    """The image's A1111 parameters text, parsed, and its other text chunks.
+
+    ``read_extensions``: ``EngineHooks.read_infotext``; its values join ``parameters`` as A1111's
+    ``infotext_pasted`` callbacks add theirs (sd-webui-controlnet's ``ControlNet 0 module``...).
+    """
     if not data.strip():
         return {"info": "", "items": {}, "parameters": {}}
     image = decode_image(data, "image", max_pixels)
     text = read_image_parameters(image) or ""
     items = {k: v for k, v in image.info.items() if k != "parameters" and isinstance(v, str | int | float)}
-    return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+    parameters: dict[str, Any] = parse_infotext(text) if text else {}
+    if parameters and read_extensions is not None:
+        parameters.update(read_extensions(parameters).values)
+    return {"info": text, "items": items, "parameters": parameters}
 
 
 def build_images_router(engine: Engine, settings: ApiSettings) -> APIRouter:
@@ -39,7 +49,7 @@ def build_images_router(engine: Engine, settings: ApiSettings) -> APIRouter:
 
     @router.post("/png-info", response_model=PngInfoResponse)
     def png_info(req: PngInfoRequest) -> dict[str, Any]:
-        return png_info_of(req.image or "", max_pixels)
+        return png_info_of(req.image or "", max_pixels, engine.hooks.read_infotext)
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     def extra_single_image(req: ExtrasSingleImageRequest) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pipelines.settings import (
 )
 from pipelines.settings_store import ENGINE_KEYS, SETTING_KEYS, stored_value
 from pipelines.upscalers.library import MAX_TILE
-from webui import field_widgets
+from webui import extension_settings, field_widgets
 from webui.context import AppContext
 from webui.tabs.networks import vae_choices
 from webui.ui_defaults import checked_default, default_fields, tab_defaults, ui_key
@@ -203,6 +203,7 @@ def shown_values(ctx: AppContext) -> dict[str, Any]:
         for field in default_fields(tab):
             key = ui_key(tab, field)
             shown[key] = defaults.get(key, field.default)
+    shown.update(extension_settings.shown(ctx))  # config.json's, as the next start will read them
     return shown
 
 
@@ -243,6 +244,7 @@ def apply_changes(ctx: AppContext, keys: list[str], baseline: dict[str, Any], va
     ui_changes: dict[str, Any] = {}
     fields = {ui_key(tab, f): f for tab in MODES for f in default_fields(tab)}
     validated_settings(ctx.engine, engine_changes, SETTING_KEYS)  # every check before anything is applied
+    extension_changes = extension_settings.checked_changes(ctx, edited)
     for key, value in edited.items():
         if key in fields:
             ui_changes[key] = field_widgets.widget_value(fields[key], checked_default(fields[key], value))  # as A1111
@@ -256,7 +258,10 @@ def apply_changes(ctx: AppContext, keys: list[str], baseline: dict[str, Any], va
             for s in changed
         )
         lines.append(f"**Applied** (used from the next image on): {items}.")
-    ctx.save_settings()
+    ctx.settings.record(ctx.engine, extension_changes)  # config.json: the engine's settings and the extensions'
+    if extension_changes:
+        items = ", ".join(f"`{k}` → {_describe(v)}" for k, v in extension_changes.items())
+        lines.append(f"**Needs a restart** (extensions read their settings at start; saved to config.json): {items}.")
     if ui_changes:
         ctx.settings.record_ui(ui_changes)
         items = ", ".join(f"`{k}` → {_describe(edited[k])}" for k in ui_changes)
@@ -296,6 +301,7 @@ def build_settings_tab(ctx: AppContext, app: gr.Blocks) -> None:
                     with gr.Row():
                         for setting in row:
                             widgets[setting.key] = _widget(setting, ctx, shown[setting.key])
+        widgets.update(extension_settings.build_sections(ctx))  # ControlNet's unit count...
         defaults, _problems = tab_defaults(ctx.settings.ui)  # engine values (build shows them as the widget does)
         for tab in MODES:
             with gr.Group(elem_classes=["easel-settings-section"]):
