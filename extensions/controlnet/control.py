@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -35,8 +34,8 @@ from pipelines.errors import EaselError
 from pipelines.models.controlnet import SUFFIXES, check_matches, load_controlnet
 from pipelines.sampling.denoiser import ModelCall, ModelInputs, with_residuals
 
-from . import preprocessors
-from .units import HR_OPTIONS, Unit, fit, parse_unit, pixel_perfect_resolution
+from . import masking, preprocessors
+from .units import HR_OPTIONS, Unit, parse_unit, pixel_perfect_resolution
 
 SOFT_BASE = 0.825
 
@@ -130,16 +129,16 @@ class Prepared:
     """One unit ready to run: its model on the device, its control map, and the hint tensors made from it."""
 
     unit: Unit
-    model: Any
-    detected: Image.Image  # the preprocessed map, before it is fitted to a size
+    model: Any  # None for the modules that need no ControlNet
+    detected: Image.Image  # the preprocessed map, before it is fitted to a size (RGBA: a mask in alpha)
     hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    keep: Any = None  # masking.KeepOutside: inpaint_only keeping the picture outside its mask
 
     def hint(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``[1, 3, H, W]`` in 0..1 at the pixel size of the latents being denoised (hires passes differ)."""
         key = (height, width)
         if key not in self.hints:
-            fitted = fit(self.detected, width, height, self.unit.resize_mode)
-            array = np.asarray(fitted, dtype=np.float32) / 255.0
+            array = masking.hint_array(self.detected, width, height, self.unit.resize_mode)
             self.hints[key] = torch.from_numpy(array).permute(2, 0, 1)[None].to(device, dtype)
         return self.hints[key]
 
@@ -149,12 +148,14 @@ def parse_units(values: Mapping[str, Any], count: int) -> list[Unit]:
     return [u for u in units if u is not None]
 
 
-def detect(unit: Unit, image: Image.Image, width: int, height: int) -> Image.Image:
+def detect(
+    unit: Unit, image: Image.Image, width: int, height: int, mask: Image.Image | None = None, seed: int = 0
+) -> Image.Image:
     """The unit's preprocessor on its image, at its processor resolution (or pixel perfect for this size)."""
     res = unit.processor_res
     if unit.pixel_perfect:
         res = pixel_perfect_resolution(image, width, height, unit.resize_mode)
-    return preprocessors.run(unit.module, image, res, unit.threshold_a, unit.threshold_b)
+    return preprocessors.run(unit.module, image, res, unit.threshold_a, unit.threshold_b, mask, seed)
 
 
 def step_fraction(sigmas: torch.Tensor, sigma: torch.Tensor) -> float:
@@ -253,15 +254,20 @@ class ControlNetRuntime:
         placed: list[Any] = []
         try:
             for unit in units:
-                file = find_model(self.folders(), unit.model)
-                model = self.cache.get(file, view.unet.config, dtype, bool(self._allow_pickle()))
-                if all(model is not other for other in placed):
-                    model.to(device)
-                    placed.append(model)
+                model = None
+                if not preprocessors.find(unit.module).model_free:
+                    file = find_model(self.folders(), unit.model)
+                    model = self.cache.get(file, view.unet.config, dtype, bool(self._allow_pickle()))
+                    if all(model is not other for other in placed):
+                        model.to(device)
+                        placed.append(model)
                 image = unit.image if unit.image is not None else init
                 if image is None:
                     raise EaselError(f"ControlNet unit {unit.index}: give a control image (or disable the unit)")
-                prepared.append(Prepared(unit, model, detect(unit, image, request.width, request.height)))
+                mask = masking.unit_mask(unit, request)
+                detected = detect(unit, image, request.width, request.height, mask, request.seed)
+                keep = masking.keep_outside(unit, image, mask, request, view.vae)
+                prepared.append(Prepared(unit, model, detected, keep=keep))
             self._prepared[id(values)] = (values, prepared)
             yield
         finally:
@@ -288,7 +294,7 @@ class ControlNetRuntime:
                 continue
             if not active(unit.unit, fraction):
                 continue
-            added = residuals(unit, inputs)
+            added = residuals(unit, inputs) if unit.model is not None else None
             if added is not None:
                 inputs = with_residuals(inputs, *added)
         return call(inputs)

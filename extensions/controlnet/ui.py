@@ -16,7 +16,7 @@ from pipelines.errors import EaselError
 
 from . import preprocessors
 from .control import ControlNetRuntime, list_models
-from .units import CONTROL_MODES, RESIZE_MODES, load_image
+from .units import CONTROL_MODES, RESIZE_MODES, load_image, load_mask
 
 NO_MODEL = "None"
 
@@ -33,6 +33,14 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
             type="pil",
             sources=["upload", "clipboard"],
             elem_id=f"{elem}_image",
+            height=256,
+        )
+        mask = gr.Image(
+            label="Mask (white = area to change; inpaint preprocessors)",
+            type="pil",
+            image_mode="L",
+            sources=["upload", "clipboard"],
+            elem_id=f"{elem}_mask",
             height=256,
         )
         preview = gr.Image(label="Preprocessed map", interactive=False, elem_id=f"{elem}_preview", height=256)
@@ -61,6 +69,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
     widgets = [
         enabled,
         image,
+        mask,
         module,
         model,
         weight,
@@ -76,6 +85,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
     keys = [
         "enabled",
         "image",
+        "mask",
         "module",
         "model",
         "weight",
@@ -94,11 +104,12 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
         unit = dict(zip(keys, values, strict=True))
         if not unit["enabled"]:
             return {}
-        picture = unit.pop("image")
-        if picture is not None:  # as an API client sends it: the value is plain JSON, whatever holds it
-            buffer = io.BytesIO()
-            picture.convert("RGB").save(buffer, format="PNG")
-            unit["image"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        for key, mode in (("image", "RGB"), ("mask", "L")):
+            picture = unit.pop(key)
+            if picture is not None:  # as an API client sends it: the value is plain JSON, whatever holds it
+                buffer = io.BytesIO()
+                picture.convert(mode).save(buffer, format="PNG")
+                unit[key] = base64.b64encode(buffer.getvalue()).decode("ascii")
         return unit
 
     for widget in widgets:
@@ -111,7 +122,9 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
         for i in range(2):
             if i < len(found):
                 s = found[i]
-                updates.append(gr.update(visible=True, label=s.name, minimum=s.min, maximum=s.max, value=s.value))
+                updates.append(
+                    gr.update(visible=True, label=s.name, minimum=s.min, maximum=s.max, value=s.value, step=s.step)
+                )
             else:
                 updates.append(gr.update(visible=False))
         return updates[0], updates[1]
@@ -121,17 +134,17 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
         lambda: gr.update(choices=_model_choices(runtime)), None, model, queue=False, api_visibility="private"
     )
 
-    def show_map(picture: Any, name: str, res: float, a: float, b: float) -> Any:
+    def show_map(picture: Any, painted: Any, name: str, res: float, a: float, b: float) -> Any:
         try:
             source = load_image(picture, "Control image")
             if source is None:
                 raise EaselError("Upload a control image first.")
-            return preprocessors.run(name, source, int(res), a, b)
+            return preprocessors.run(name, source, int(res), a, b, load_mask({"mask": painted}, "Mask"))
         except EaselError as exc:
             raise gr.Error(str(exc)) from None
 
     run_preview.click(
-        show_map, [image, module, resolution, threshold_a, threshold_b], preview, api_visibility="private"
+        show_map, [image, mask, module, resolution, threshold_a, threshold_b], preview, api_visibility="private"
     )
     return state
 
