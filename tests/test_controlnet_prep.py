@@ -122,7 +122,11 @@ def test_module_list_and_detail_name_the_new_preprocessors(modules: dict[str, An
     assert detail["lineart_standard"]["sliders"][0]["name"] == "Resolution"
     assert detail["inpaint"] == {"model_free": False, "sliders": []}
     assert detail["inpaint_only"] == {"model_free": False, "sliders": []}
+    fidelity = {"name": 'Style Fidelity (only for "Balanced" mode)', "value": 0.5, "min": 0, "max": 1, "step": 0.01}
+    for name in ("reference_only", "reference_adain", "reference_adain+attn"):
+        assert detail[name] == {"model_free": True, "sliders": [fidelity]}, name
     types = client.get("/controlnet/control_types").json()["control_types"]
+    assert types["Reference"]["model_list"] == ["None"] and types["Reference"]["default_option"] == "reference_only"
     assert types["Inpaint"]["default_option"] == "inpaint_only" and "inpaint" in types["Inpaint"]["module_list"]
     assert types["Shuffle"]["default_option"] == "shuffle" and types["Lineart"]["default_option"] == "lineart_standard"
     picture = photo()

@@ -81,6 +81,12 @@ def build_router(runtime: ControlNetRuntime) -> APIRouter:
                 "default_option": module,
                 "default_model": matching[1] if len(matching) > 1 else "None",
             }
+        types["Reference"] = {
+            "module_list": ["reference_only", "reference_adain", "reference_adain+attn"],
+            "model_list": ["None"],
+            "default_option": "reference_only",
+            "default_model": "None",
+        }
         return {"control_types": types}
 
     @router.get("/settings")

@@ -22,7 +22,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from pipelines.errors import EaselError
 from pipelines.models.controlnet import SUFFIXES, check_matches, load_controlnet
 from pipelines.sampling.denoiser import ModelCall, ModelInputs, with_residuals
 
-from . import masking, preprocessors
+from . import masking, preprocessors, reference
 from .units import HR_OPTIONS, Unit, parse_unit, pixel_perfect_resolution
 
 SOFT_BASE = 0.825
@@ -129,10 +129,11 @@ class Prepared:
     """One unit ready to run: its model on the device, its control map, and the hint tensors made from it."""
 
     unit: Unit
-    model: Any  # None for the modules that need no ControlNet
+    model: Any  # None for the modules that need no ControlNet (reference_*)
     detected: Image.Image  # the preprocessed map, before it is fitted to a size (RGBA: a mask in alpha)
     hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     keep: Any = None  # masking.KeepOutside: inpaint_only keeping the picture outside its mask
+    sharing: Any = None  # reference.ReferenceSharing: the reference_* units' attention sharing on the UNet
 
     def hint(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``[1, 3, H, W]`` in 0..1 at the pixel size of the latents being denoised (hires passes differ)."""
@@ -252,6 +253,7 @@ class ControlNetRuntime:
         device, dtype = view.device, view.dtype
         prepared: list[Prepared] = []
         placed: list[Any] = []
+        stack = ExitStack()
         try:
             for unit in units:
                 model = None
@@ -268,9 +270,15 @@ class ControlNetRuntime:
                 detected = detect(unit, image, request.width, request.height, mask, request.seed)
                 keep = masking.keep_outside(unit, image, mask, request, view.vae)
                 prepared.append(Prepared(unit, model, detected, keep=keep))
+            shared = [p for p in prepared if p.unit.module in reference.MODULES and p.unit.weight > 0]
+            if shared:  # their UNet layers wrapped for this request, and put back on the way out
+                sharing = stack.enter_context(reference.sharing(view, request, [p.unit for p in shared]).installed())
+                for item in shared:
+                    item.sharing = sharing
             self._prepared[id(values)] = (values, prepared)
             yield
         finally:
+            stack.close()
             self._prepared.pop(id(values), None)
             if device.type != "cpu":
                 for model in placed:
@@ -288,15 +296,21 @@ class ControlNetRuntime:
             return call(inputs)
         fraction = step_fraction(state.sigmas, inputs.sigma)
         hires = _is_hires(request, inputs)
+        plain, shared = inputs, []
         for unit in prepared:
             option = HR_OPTIONS[unit.unit.hr_option]
             if (hires and option == "Low res only") or (not hires and option == "High res only" and request.enable_hr):
                 continue
             if not active(unit.unit, fraction):
                 continue
+            if unit.sharing is not None:
+                shared.append(unit)
+                continue
             added = residuals(unit, inputs) if unit.model is not None else None
             if added is not None:
                 inputs = with_residuals(inputs, *added)
+        if shared:
+            return shared[0].sharing.call(call, plain, inputs, shared, hires)
         return call(inputs)
 
 

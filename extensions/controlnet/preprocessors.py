@@ -39,7 +39,7 @@ class Preprocessor:
     run: Callable[..., Map]  # (map, threshold_a, threshold_b[, seed=]) -> map
     resolution: bool = True  # whether "processor_res" applies (a resolution slider in the UI)
     sliders: tuple[Slider, ...] = ()
-    model_free: bool = False  # needs no ControlNet model (none of the ones here yet)
+    model_free: bool = False  # needs no ControlNet model (reference_*: attention sharing with the picture)
     uses_mask: bool = False  # gets the unit's mask as the image's alpha channel (the inpaint hints)
     uses_seed: bool = False  # random, seeded with the request's seed (shuffle)
 
@@ -165,6 +165,7 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         Preprocessor("color", color),
     )
 }
+REFERENCE_FIDELITY = Slider('Style Fidelity (only for "Balanced" mode)', 0.5, 0.0, 1.0, 0.01)
 PREPROCESSORS.update(
     (p.name, p)
     for p in (
@@ -172,6 +173,9 @@ PREPROCESSORS.update(
         Preprocessor("lineart_standard", image_maps.lineart_standard),
         Preprocessor("inpaint", image_maps.inpaint_hint, resolution=False, uses_mask=True),
         Preprocessor("inpaint_only", image_maps.inpaint_hint, resolution=False, uses_mask=True),
+        Preprocessor("reference_only", none, resolution=False, sliders=(REFERENCE_FIDELITY,), model_free=True),
+        Preprocessor("reference_adain", none, resolution=False, sliders=(REFERENCE_FIDELITY,), model_free=True),
+        Preprocessor("reference_adain+attn", none, resolution=False, sliders=(REFERENCE_FIDELITY,), model_free=True),
     )
 )
 ALIASES = {
