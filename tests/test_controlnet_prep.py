@@ -102,6 +102,9 @@ def test_inpaint_hint_marks_the_masked_pixels_minus_one(modules: dict[str, Any])
     assert np.allclose(hint[~masked], np.asarray(picture, dtype=np.float32)[~masked] / 255.0)
     square = masking.hint_array(detected, 64, 64, 1)  # crop and resize: the mask stays on the picture's pixels
     assert square.shape == (64, 64, 3) and (square == -1).all(axis=2).mean() == pytest.approx(0.25, abs=0.05)
+    shown = np.asarray(masking.preview(detected))  # the UI's preview: the masked pixels black
+    assert shown.shape == (96, 128, 3) and not shown[masked].any()
+    assert np.array_equal(shown[~masked], np.asarray(picture)[~masked])
     nothing = pre.run("inpaint", picture, 512, -1, -1)  # no mask: nothing to repaint
     assert np.asarray(nothing)[..., 3].max() == 0 and masking.hint_array(nothing, 128, 96, 0).min() >= 0
 

@@ -44,6 +44,14 @@ def hint_array(detected: Image.Image, width: int, height: int, resize_mode: int)
     return rgb * (1.0 - masked) - masked
 
 
+def preview(detected: Image.Image) -> Image.Image:
+    """What the UI shows of a map: an inpaint hint's masked (-1) pixels black, the rest as they are."""
+    if detected.mode != "RGBA":
+        return detected
+    array = np.asarray(detected)
+    return Image.fromarray(np.where(array[..., 3:] > 127, 0, array[..., :3]).astype(np.uint8), "RGB")
+
+
 def unit_mask(unit: Unit, request: Any) -> Image.Image | None:
     """The mask an inpaint hint uses: the unit's own, else (inpaint tab) the tab's, inverted as the tab inverts it."""
     if unit.mask is not None:

@@ -14,7 +14,7 @@ import gradio as gr
 
 from pipelines.errors import EaselError
 
-from . import preprocessors
+from . import masking, preprocessors
 from .control import ControlNetRuntime, list_models
 from .units import CONTROL_MODES, RESIZE_MODES, load_image, load_mask
 
@@ -36,7 +36,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
             height=256,
         )
         mask = gr.Image(
-            label="Mask (white = area to change; inpaint preprocessors)",
+            label="Inpaint mask",  # white: the area to repaint, as A1111 reads uploaded masks
             type="pil",
             image_mode="L",
             sources=["upload", "clipboard"],
@@ -59,7 +59,9 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
         start = gr.Slider(0, 1, value=0.0, step=0.01, label="Starting Control Step", elem_id=f"{elem}_start")
         end = gr.Slider(0, 1, value=1.0, step=0.01, label="Ending Control Step", elem_id=f"{elem}_end")
     with gr.Row():
-        resolution = gr.Slider(64, 2048, value=512, step=8, label="Preprocessor Resolution", elem_id=f"{elem}_res")
+        resolution = gr.Slider(
+            64, 2048, value=512, step=8, label="Preprocessor Resolution", elem_id=f"{elem}_res", visible=False
+        )  # shown for the preprocessors that take one (not the default "none")
         threshold_a = gr.Slider(1, 255, value=100, step=1, label="Low Threshold", elem_id=f"{elem}_threshold_a")
         threshold_b = gr.Slider(1, 255, value=200, step=1, label="High Threshold", elem_id=f"{elem}_threshold_b")
     control_mode = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control Mode", elem_id=f"{elem}_mode")
@@ -115,8 +117,8 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
     for widget in widgets:
         widget.change(unit_value, widgets, state, queue=False, api_visibility="private")
 
-    def sliders(name: str) -> tuple[Any, Any]:
-        """The threshold sliders as the preprocessor names them (hidden when it has none)."""
+    def sliders(name: str) -> tuple[Any, Any, Any]:
+        """The threshold sliders as the preprocessor names them (hidden when it has none), and its resolution's."""
         found = preprocessors.find(name).sliders
         updates = []
         for i in range(2):
@@ -127,9 +129,9 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
                 )
             else:
                 updates.append(gr.update(visible=False))
-        return updates[0], updates[1]
+        return updates[0], updates[1], gr.update(visible=preprocessors.find(name).resolution)
 
-    module.change(sliders, module, [threshold_a, threshold_b], queue=False, api_visibility="private")
+    module.change(sliders, module, [threshold_a, threshold_b, resolution], queue=False, api_visibility="private")
     refresh.click(
         lambda: gr.update(choices=_model_choices(runtime)), None, model, queue=False, api_visibility="private"
     )
@@ -139,7 +141,8 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> gr.JSON:
             source = load_image(picture, "Control image")
             if source is None:
                 raise EaselError("Upload a control image first.")
-            return preprocessors.run(name, source, int(res), a, b, load_mask({"mask": painted}, "Mask"))
+            detected = preprocessors.run(name, source, int(res), a, b, load_mask({"mask": painted}, "Mask"))
+            return masking.preview(detected)
         except EaselError as exc:
             raise gr.Error(str(exc)) from None
 
