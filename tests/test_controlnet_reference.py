@@ -143,3 +143,22 @@ def test_reference_with_a_controlnet_unit_and_on_sdxl(engine: Engine) -> None:  
     shared = pixels(engine, request(ref_unit()))
     assert diff(shared, plain) > 0.5
     assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+
+
+def test_hires_pass_with_reference_and_inpaint_only_units(engine: Engine) -> None:  # noqa: F811
+    from tests.api_support import b64
+    from tests.test_controlnet_prep import box_mask
+
+    hires = {"enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent", "denoising_strength": 0.6}
+    plain = pixels(engine, request(**hires))
+    both = pixels(engine, request(ref_unit(), **hires))
+    low = pixels(engine, request(ref_unit(hr_option="Low res only"), **hires))
+    assert both.shape == (128, 128, 3) and diff(both, plain) > 0.2
+    assert not np.array_equal(both, low)  # the second pass shares too (faintly here: lower sigmas, fidelity 0)
+    picture = photo(64, 64)
+    mask = b64(box_mask((64, 64), (16, 16, 48, 48)))
+    kept = pixels(engine, request(unit(module="inpaint_only", image=picture, mask=mask), **hires))
+    ring = np.ones((128, 128), dtype=bool)
+    ring[24:104, 24:104] = False  # the mask at the hires size (32..96), grown and feathered by 7 px
+    source = np.asarray(picture.resize((128, 128), Image.BICUBIC), dtype=np.int16)
+    assert np.array_equal(kept[ring], source[ring])
