@@ -157,3 +157,19 @@ def test_sd_backend_client_detects_controlnet_and_generates_with_a_unit(server: 
     assert isinstance(controlled, Image.Image) and controlled.size == (64, 64)
     diff = np.abs(np.asarray(controlled.convert("RGB"), dtype=np.int16) - np.asarray(plain.convert("RGB"))).mean()
     assert diff > 0.5
+
+
+def test_model_free_reference_and_a_base64_mask_through_alwayson(server: LaunchedServer) -> None:
+    plain = pixels(txt2img(server))
+    ref = txt2img(server, {"input_image": b64(control_picture()), "module": "reference_only", "model": "None"})
+    assert np.abs(pixels(ref) - plain).mean() > 0.5
+    info = parse_infotext(json.loads(ref["info"])["infotexts"][0])
+    assert info["ControlNet 0"].startswith("Module: reference_only, Model: None")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    kept = pixels(txt2img(server, unit(module="inpaint_only", mask_image=b64(mask))))
+    ring = np.ones((64, 64), dtype=bool)
+    ring[8:56, 8:56] = False  # beyond the grown, feathered mask edge: the control picture itself
+    assert np.array_equal(kept[ring], np.asarray(control_picture(), dtype=np.int16)[ring])
+    refused = txt2img(server, unit(module="inpaint_only", mask="/etc/passwd"), status=422)
+    assert "never as a path on the server" in refused["detail"]

@@ -17,10 +17,19 @@ from pipelines.errors import EaselError
 
 from . import annotators, preprocessors
 from .control import ControlNetRuntime, list_models
-from .units import load_image
+from .units import load_image, load_mask
 
 VERSION = 3
 MAX_DETECT_IMAGES = 16
+# sd-webui-controlnet's control types that Easel's weight-free preprocessors serve: (title, default, others)
+CONTROL_TYPES = (
+    ("Canny", "canny", ()),
+    ("Scribble", "scribble_threshold", ()),
+    ("Tile", "tile_resample", ("blur_gaussian",)),
+    ("Lineart", "lineart_standard", ("invert",)),
+    ("Shuffle", "shuffle", ()),
+    ("Inpaint", "inpaint_only", ("inpaint",)),
+)
 
 
 class DetectRequest(BaseModel):
@@ -65,16 +74,22 @@ def build_router(runtime: ControlNetRuntime) -> APIRouter:
         types: dict[str, Any] = {
             "All": {"module_list": modules, "model_list": models, "default_option": "none", "default_model": "None"}
         }
-        for title, module in (("Canny", "canny"), ("Scribble", "scribble_threshold"), ("Tile", "tile_resample")):
+        for title, module, extra in CONTROL_TYPES:
             word = title.lower()
             matching = ["None", *(m for m in models[1:] if word in m.lower())]
             types[title] = {
-                "module_list": ["none", module],
+                "module_list": ["none", module, *extra],
                 "model_list": matching,
                 "default_option": module,
                 "default_model": matching[1] if len(matching) > 1 else "None",
             }
         types |= annotators.control_types(models[1:])
+        types["Reference"] = {
+            "module_list": ["reference_only", "reference_adain", "reference_adain+attn"],
+            "model_list": ["None"],
+            "default_option": "reference_only",
+            "default_model": "None",
+        }
         return {"control_types": types}
 
     @router.get("/settings")
@@ -89,17 +104,22 @@ def build_router(runtime: ControlNetRuntime) -> APIRouter:
         if len(body.controlnet_input_images) > MAX_DETECT_IMAGES:
             raise EaselError(f"controlnet_input_images: at most {MAX_DETECT_IMAGES} images per request")
         preprocessors.find(body.controlnet_module)
+        masks = body.controlnet_masks or []
+        if len(masks) > len(body.controlnet_input_images):
+            raise EaselError("controlnet_masks: at most one mask per input image")
         images = []
         for i, value in enumerate(body.controlnet_input_images):
             image = load_image(value, f"controlnet_input_images[{i}]")
             if image is None:
                 raise EaselError(f"controlnet_input_images[{i}]: empty")
+            mask = load_mask({"mask": masks[i]}, f"controlnet_masks[{i}]") if i < len(masks) else None
             detected = preprocessors.run(
                 body.controlnet_module,
                 image,
                 body.controlnet_processor_res,
                 body.controlnet_threshold_a,
                 body.controlnet_threshold_b,
+                mask,
             )
             images.append(_png_base64(detected))
         return {"images": images, "info": "Success"}

@@ -24,12 +24,11 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -37,8 +36,8 @@ from pipelines.errors import EaselError
 from pipelines.models.controlnet import SUFFIXES, check_matches, load_controlnet
 from pipelines.sampling.denoiser import ModelCall, ModelInputs, with_residuals
 
-from . import adapters, preprocessors
-from .units import HR_OPTIONS, Unit, fit, parse_unit, pixel_perfect_resolution
+from . import adapters, masking, preprocessors, reference
+from .units import HR_OPTIONS, Unit, parse_unit, pixel_perfect_resolution
 
 SOFT_BASE = 0.825
 
@@ -132,17 +131,18 @@ class Prepared:
     """One unit ready to run: its model on the device, its control map, and the hint tensors made from it."""
 
     unit: Unit
-    model: Any
-    detected: Image.Image  # the preprocessed map, before it is fitted to a size
+    model: Any  # None for the modules that need no ControlNet (reference_*)
+    detected: Image.Image  # the preprocessed map, before it is fitted to a size (RGBA: a mask in alpha)
     hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     extra: dict[Any, Any] = field(default_factory=dict)  # per model kind (adapters.py): union type, T2I features
+    keep: Any = None  # masking.KeepOutside: inpaint_only keeping the picture outside its mask
+    sharing: Any = None  # reference.ReferenceSharing: the reference_* units' attention sharing on the UNet
 
     def hint(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``[1, 3, H, W]`` in 0..1 at the pixel size of the latents being denoised (hires passes differ)."""
         key = (height, width)
         if key not in self.hints:
-            fitted = fit(self.detected, width, height, self.unit.resize_mode)
-            array = np.asarray(fitted, dtype=np.float32) / 255.0
+            array = masking.hint_array(self.detected, width, height, self.unit.resize_mode)
             self.hints[key] = torch.from_numpy(array).permute(2, 0, 1)[None].to(device, dtype)
         return self.hints[key]
 
@@ -152,12 +152,14 @@ def parse_units(values: Mapping[str, Any], count: int) -> list[Unit]:
     return [u for u in units if u is not None]
 
 
-def detect(unit: Unit, image: Image.Image, width: int, height: int) -> Image.Image:
+def detect(
+    unit: Unit, image: Image.Image, width: int, height: int, mask: Image.Image | None = None, seed: int = 0
+) -> Image.Image:
     """The unit's preprocessor on its image, at its processor resolution (or pixel perfect for this size)."""
     res = unit.processor_res
     if unit.pixel_perfect:
         res = pixel_perfect_resolution(image, width, height, unit.resize_mode)
-    return preprocessors.run(unit.module, image, res, unit.threshold_a, unit.threshold_b)
+    return preprocessors.run(unit.module, image, res, unit.threshold_a, unit.threshold_b, mask, seed)
 
 
 def step_fraction(sigmas: torch.Tensor, sigma: torch.Tensor) -> float:
@@ -271,23 +273,36 @@ class ControlNetRuntime:
         prepared: list[Prepared] = []
         placed: list[Any] = []
         declared = self._declared[1] if self._declared is not None and self._declared[0] is values else {}
+        stack = ExitStack()
         try:
             for unit in units:
-                file = find_model(self.folders(), unit.model)
-                model = declared.get(str(file.path))
-                if model is None:  # not given to the memory policy (a direct call): placed here, as before
-                    model = self.cache.get(file, view.unet.config, dtype, bool(self._allow_pickle()))
-                if model not in declared.values() and all(model is not other for other in placed):
-                    model.to(device)
-                    placed.append(model)
+                model = None
+                if not preprocessors.find(unit.module).model_free:
+                    file = find_model(self.folders(), unit.model)
+                    model = declared.get(str(file.path))
+                    if model is None:  # not given to the memory policy (a direct call): placed here, as before
+                        model = self.cache.get(file, view.unet.config, dtype, bool(self._allow_pickle()))
+                    if model not in declared.values() and all(model is not other for other in placed):
+                        model.to(device)
+                        placed.append(model)
                 image = unit.image if unit.image is not None else init
                 if image is None:
                     raise EaselError(f"ControlNet unit {unit.index}: give a control image (or disable the unit)")
-                prepared.append(Prepared(unit, model, detect(unit, image, request.width, request.height)))
-                adapters.prepare(prepared[-1])
+                mask = masking.unit_mask(unit, request)
+                detected = detect(unit, image, request.width, request.height, mask, request.seed)
+                keep = masking.keep_outside(unit, image, mask, request, view.vae)
+                prepared.append(Prepared(unit, model, detected, keep=keep))
+                if model is not None:
+                    adapters.prepare(prepared[-1])
+            shared = [p for p in prepared if p.unit.module in reference.MODULES and p.unit.weight > 0]
+            if shared:  # their UNet layers wrapped for this request, and put back on the way out
+                sharing = stack.enter_context(reference.sharing(view, request, [p.unit for p in shared]).installed())
+                for item in shared:
+                    item.sharing = sharing
             self._prepared[id(values)] = (values, prepared)
             yield
         finally:
+            stack.close()
             self._prepared.pop(id(values), None)
             if device.type != "cpu":
                 for model in placed:
@@ -305,11 +320,17 @@ class ControlNetRuntime:
             return call(inputs)
         fraction = step_fraction(state.sigmas, inputs.sigma)
         hires = _is_hires(request, inputs)
+        plain, shared = inputs, []
         for unit in prepared:
             option = HR_OPTIONS[unit.unit.hr_option]
             if (hires and option == "Low res only") or (not hires and option == "High res only" and request.enable_hr):
                 continue
             if not active(unit.unit, fraction):
+                continue
+            if unit.sharing is not None:
+                shared.append(unit)
+                continue
+            if unit.model is None:
                 continue
             if adapters.is_t2i(unit.model):  # features into the down blocks, not residuals on the skips
                 inputs = adapters.add_features(unit, inputs, _rows(inputs, unit.unit.control_mode == 2))
@@ -317,6 +338,8 @@ class ControlNetRuntime:
             added = residuals(unit, inputs)
             if added is not None:
                 inputs = with_residuals(inputs, *added)
+        if shared:
+            return shared[0].sharing.call(call, plain, inputs, shared, hires)
         return call(inputs)
 
 

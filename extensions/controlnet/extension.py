@@ -13,6 +13,7 @@ from typing import Any
 
 from pipelines.errors import EaselError
 
+from . import masking, preprocessors
 from .annotators import LIBRARY
 from .control import ControlNetRuntime, find_model
 from .infotext import read_infotext
@@ -59,7 +60,9 @@ def setup(ctx: Any) -> None:
         for unit in units:
             if unit.image is None and request.mode == "txt2img":
                 raise EaselError(f"ControlNet unit {unit.index}: give a control image (or disable the unit)")
-            extra[f"ControlNet {unit.index}"] = unit.describe(find_model(runtime.folders(), unit.model).label)
+            free = preprocessors.find(unit.module).model_free
+            label = "None" if free else find_model(runtime.folders(), unit.model).label
+            extra[f"ControlNet {unit.index}"] = unit.describe(label)
         return replace(request, extra_params=extra)
 
     @ctx.infotext_reader
@@ -70,6 +73,15 @@ def setup(ctx: Any) -> None:
     ctx.request_modules(runtime.modules)  # counted and placed by the memory policy with the UNet
     ctx.model_patch(runtime.patch)
     ctx.model_call(runtime.model_call)
+
+    @ctx.after_guidance
+    def keep_outside(request: Any, denoised: Any, state: Any) -> Any:
+        """inpaint_only units outside the inpaint tab: the clean-image prediction keeps the unmasked picture."""
+        return masking.after_guidance(runtime.prepared(request), denoised)
+
+    @ctx.after_image
+    def composite(request: Any, image: Any, seed: int) -> Any:
+        return masking.after_image(runtime.prepared(request), image)
 
     def routes() -> Any:
         from .api import build_router

@@ -16,6 +16,8 @@ from scipy import ndimage
 
 from pipelines.errors import EaselError
 
+from . import image_maps
+
 Map = np.ndarray
 
 
@@ -34,10 +36,12 @@ class Slider:
 @dataclass(frozen=True)
 class Preprocessor:
     name: str
-    run: Callable[[Map, float, float], Map]
+    run: Callable[..., Map]  # (map, threshold_a, threshold_b[, seed=]) -> map
     resolution: bool = True  # whether "processor_res" applies (a resolution slider in the UI)
     sliders: tuple[Slider, ...] = ()
-    model_free: bool = False  # needs no ControlNet model (none of the ones here yet)
+    model_free: bool = False  # needs no ControlNet model (reference_*: attention sharing with the picture)
+    uses_mask: bool = False  # gets the unit's mask as the image's alpha channel (the inpaint hints)
+    uses_seed: bool = False  # random, seeded with the request's seed (shuffle)
 
     def threshold_defaults(self) -> tuple[float, float]:
         a = self.sliders[0].value if len(self.sliders) > 0 else 64.0
@@ -161,7 +165,26 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         Preprocessor("color", color),
     )
 }
-ALIASES = {"invert (from white bg & black line)": "invert", "t2ia_color_grid": "color", "tile": "tile_resample"}
+REFERENCE_FIDELITY = Slider('Style Fidelity (only for "Balanced" mode)', 0.5, 0.0, 1.0, 0.01)
+PREPROCESSORS.update(
+    (p.name, p)
+    for p in (
+        Preprocessor("shuffle", image_maps.shuffle, uses_seed=True),
+        Preprocessor("lineart_standard", image_maps.lineart_standard),
+        Preprocessor("inpaint", image_maps.inpaint_hint, resolution=False, uses_mask=True),
+        Preprocessor("inpaint_only", image_maps.inpaint_hint, resolution=False, uses_mask=True),
+        Preprocessor("reference_only", none, resolution=False, sliders=(REFERENCE_FIDELITY,), model_free=True),
+        Preprocessor("reference_adain", none, resolution=False, sliders=(REFERENCE_FIDELITY,), model_free=True),
+        Preprocessor("reference_adain+attn", none, resolution=False, sliders=(REFERENCE_FIDELITY,), model_free=True),
+    )
+)
+ALIASES = {
+    "invert (from white bg & black line)": "invert",
+    "t2ia_color_grid": "color",
+    "tile": "tile_resample",
+    "lineart_standard (from white bg & black line)": "lineart_standard",
+    "inpaint_global_harmonious": "inpaint",
+}
 
 
 def find(name: str) -> Preprocessor:
@@ -180,10 +203,27 @@ def find(name: str) -> Preprocessor:
     )
 
 
-def run(name: str, image: Image.Image, processor_res: int, threshold_a: float, threshold_b: float) -> Image.Image:
-    """The control map of ``image`` by preprocessor ``name`` at ``processor_res`` (short side; -1: 512)."""
+def run(
+    name: str,
+    image: Image.Image,
+    processor_res: int,
+    threshold_a: float,
+    threshold_b: float,
+    mask: Image.Image | None = None,
+    seed: int = 0,
+) -> Image.Image:
+    """The control map of ``image`` by preprocessor ``name`` at ``processor_res`` (short side; -1: 512).
+
+    ``mask`` ("L", 255 = the area to change) reaches the preprocessors that use one as the alpha channel of their
+    input (their map is then RGBA); ``seed`` the random ones.
+    """
     pre = find(name)
     rgb = np.asarray(image.convert("RGB"))
+    if pre.uses_mask:
+        alpha = np.zeros(rgb.shape[:2], np.uint8)
+        if mask is not None:
+            alpha = np.asarray(mask.convert("L").resize(image.size, Image.NEAREST))
+        rgb = np.dstack([rgb, alpha])
     a_default, b_default = pre.threshold_defaults()
     a = a_default if threshold_a is None or threshold_a < 0 else float(threshold_a)
     b = b_default if threshold_b is None or threshold_b < 0 else float(threshold_b)
@@ -195,4 +235,5 @@ def run(name: str, image: Image.Image, processor_res: int, threshold_a: float, t
         if abs(scale - 1.0) > 1e-6:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS if scale < 1 else Image.BICUBIC))
-    return Image.fromarray(np.ascontiguousarray(pre.run(rgb, a, b)).astype(np.uint8), "RGB")
+    out = pre.run(rgb, a, b, seed=seed) if pre.uses_seed else pre.run(rgb, a, b)
+    return Image.fromarray(np.ascontiguousarray(out).astype(np.uint8), "RGBA" if out.shape[2] == 4 else "RGB")

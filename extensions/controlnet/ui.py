@@ -15,9 +15,9 @@ import gradio as gr
 from pipelines.errors import EaselError
 from pipelines.extensions.context import AccordionParts
 
-from . import annotators, preprocessors
+from . import annotators, masking, preprocessors
 from .control import ControlNetRuntime, list_models
-from .units import CONTROL_MODES, HR_OPTIONS, RESIZE_MODES, load_image
+from .units import CONTROL_MODES, HR_OPTIONS, RESIZE_MODES, load_image, load_mask
 
 NO_MODEL = "None"
 
@@ -41,6 +41,14 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
             elem_id=f"{elem}_image",
             height=256,
         )
+        mask = gr.Image(
+            label="Inpaint mask",  # white: the area to repaint, as A1111 reads uploaded masks
+            type="pil",
+            image_mode="L",
+            sources=["upload", "clipboard"],
+            elem_id=f"{elem}_mask",
+            height=256,
+        )
         preview = gr.Image(label="Preprocessed map", interactive=False, elem_id=f"{elem}_preview", height=256)
     with gr.Row():
         enabled = gr.Checkbox(label="Enable", value=False, elem_id=f"{elem}_enabled")
@@ -55,7 +63,9 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
         start = gr.Slider(0, 1, value=0.0, step=0.01, label="Starting Control Step", elem_id=f"{elem}_start")
         end = gr.Slider(0, 1, value=1.0, step=0.01, label="Ending Control Step", elem_id=f"{elem}_end")
     with gr.Row():
-        resolution = gr.Slider(64, 2048, value=512, step=8, label="Preprocessor Resolution", elem_id=f"{elem}_res")
+        resolution = gr.Slider(
+            64, 2048, value=512, step=8, label="Preprocessor Resolution", elem_id=f"{elem}_res", visible=False
+        )  # shown for the preprocessors that take one (not the default "none")
         threshold_a = gr.Slider(1, 255, value=100, step=1, label="Low Threshold", elem_id=f"{elem}_threshold_a")
         threshold_b = gr.Slider(1, 255, value=200, step=1, label="High Threshold", elem_id=f"{elem}_threshold_b")
     control_mode = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control Mode", elem_id=f"{elem}_mode")
@@ -68,6 +78,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
     widgets = [
         enabled,
         image,
+        mask,
         module,
         model,
         weight,
@@ -84,6 +95,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
     keys = [
         "enabled",
         "image",
+        "mask",
         "module",
         "model",
         "weight",
@@ -103,23 +115,25 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
         unit = dict(zip(keys, values, strict=True))
         if not unit["enabled"]:
             return {}
-        picture = unit.pop("image")
-        if picture is not None:  # as an API client sends it: the value is plain JSON, whatever holds it
-            buffer = io.BytesIO()
-            picture.convert("RGB").save(buffer, format="PNG")
-            unit["image"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        for key, mode in (("image", "RGB"), ("mask", "L")):
+            picture = unit.pop(key)
+            if picture is not None:  # as an API client sends it: the value is plain JSON, whatever holds it
+                buffer = io.BytesIO()
+                picture.convert(mode).save(buffer, format="PNG")
+                unit[key] = base64.b64encode(buffer.getvalue()).decode("ascii")
         return unit
 
     for widget in widgets:
         widget.change(unit_value, widgets, state, queue=False, api_visibility="private")
 
-    def sliders(name: str, defaults: bool = False) -> tuple[Any, Any]:
-        """The threshold sliders as the preprocessor names them (hidden when it has none); ``defaults``: also its
-        default values (when the user picks it, not when an infotext pastes it with its own values)."""
+    def sliders(name: str, defaults: bool = False) -> tuple[Any, Any, Any]:
+        """The threshold sliders as the preprocessor names them (hidden when it has none), and its resolution's;
+        ``defaults``: also its default values (when the user picks it, not when an infotext pastes its own)."""
         try:
-            found = preprocessors.find(name).sliders
+            pre = preprocessors.find(name)
         except EaselError:  # a pasted name this server lacks: generating says so
-            found = ()
+            pre = None
+        found = pre.sliders if pre is not None else ()
         updates = []
         for i in range(2):
             if i < len(found):
@@ -130,11 +144,11 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
                 )
             else:
                 updates.append(gr.update(visible=False))
-        return updates[0], updates[1]
+        return updates[0], updates[1], gr.update(visible=pre.resolution if pre is not None else True)
 
     private = {"queue": False, "api_visibility": "private"}
-    module.change(sliders, module, [threshold_a, threshold_b], **private)
-    module.input(lambda name: sliders(name, True), module, [threshold_a, threshold_b], **private)
+    module.change(sliders, module, [threshold_a, threshold_b, resolution], **private)
+    module.input(lambda name: sliders(name, True), module, [threshold_a, threshold_b, resolution], **private)
     refresh.click(
         lambda: (gr.update(choices=_model_choices(runtime)), gr.update(choices=_module_choices())),
         None,
@@ -143,19 +157,21 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
         api_visibility="private",
     )
 
-    def show_map(picture: Any, name: str, res: float, a: float, b: float) -> Any:
+    def show_map(picture: Any, painted: Any, name: str, res: float, a: float, b: float) -> Any:
         try:
             source = load_image(picture, "Control image")
             if source is None:
                 raise EaselError("Upload a control image first.")
-            return preprocessors.run(name, source, int(res), a, b)
+            detected = preprocessors.run(name, source, int(res), a, b, load_mask({"mask": painted}, "Mask"))
+            return masking.preview(detected)
         except EaselError as exc:
             raise gr.Error(str(exc)) from None
 
     run_preview.click(
-        show_map, [image, module, resolution, threshold_a, threshold_b], preview, api_visibility="private"
+        show_map, [image, mask, module, resolution, threshold_a, threshold_b], preview, api_visibility="private"
     )
-    paste = {f"ControlNet {index} {key}": w for key, w in zip(keys, widgets, strict=True) if key != "image"}
+    pictures = ("image", "mask")  # never in an infotext
+    paste = {f"ControlNet {index} {key}": w for key, w in zip(keys, widgets, strict=True) if key not in pictures}
     return state, paste
 
 

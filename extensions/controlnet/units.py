@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.errors import EaselError
+from pipelines.imaging.masks import is_empty_mask, mask_from_upload
 from pipelines.imaging.uploads import load_user_image
 
 from . import preprocessors
@@ -88,6 +89,7 @@ class Unit:
     control_mode: int  # index in CONTROL_MODES
     hr_option: int  # index in HR_OPTIONS
     union_control_type: str = "Unknown"  # ControlNet-Union models only (adapters.py): Unknown = by preprocessor
+    mask: Image.Image | None = None  # "L", 255 = the area to change (inpaint hints); None: the tab's mask, if any
 
     def describe(self, model_label: str) -> str:
         """sd-webui-controlnet's infotext value of the unit (``ControlNet 0: "Module: canny, ..."``)."""
@@ -197,9 +199,9 @@ def parse_unit(value: Any, index: int) -> Unit | None:
     if not _bool(value.get("enabled", True), "enabled", where):
         return None
     model = str(value.get("model") or "None").strip()
-    if model.lower() == "none":
-        return None  # as sd-webui-controlnet: a unit without a model does nothing
     module = str(value.get("module") or "none").strip()
+    if model.lower() == "none" and not preprocessors.find(module).model_free:
+        return None  # as sd-webui-controlnet: a unit without a model does nothing (unless its module needs none)
     pre = preprocessors.find(module)
     image_value = value.get("image", value.get("input_image"))
     end_default = value.get("guidance", 1.0)
@@ -221,7 +223,38 @@ def parse_unit(value: Any, index: int) -> Unit | None:
         control_mode=_choice(value.get("control_mode", 0), CONTROL_MODES, {}, "control_mode", where),
         hr_option=_choice(value.get("hr_option", 0), HR_OPTIONS, {}, "hr_option", where),
         union_control_type=str(value.get("union_control_type") or "Unknown").strip(),
+        mask=load_mask(value, where),
     )
+
+
+def load_mask(unit: Mapping[str, Any], where: str) -> Image.Image | None:
+    """The unit's mask: ``mask_image`` (or legacy ``mask``), else the ``mask`` of an ``{"image", "mask"}`` image.
+
+    Base64 like the image (never a path); white (or opaque, on a transparent sheet) is the area to change. An
+    all-black mask is no mask.
+    """
+    image_value = unit.get("image", unit.get("input_image"))
+    value = unit.get("mask_image", unit.get("mask"))
+    if value in (None, "") and isinstance(image_value, Mapping):
+        value = image_value.get("mask")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, Mapping) or (isinstance(value, np.ndarray) and value.dtype != np.uint8):
+        raise EaselError(f"{where}.mask: expected a base64 image")
+    if isinstance(value, np.ndarray):
+        value = Image.fromarray(value)
+    if not isinstance(value, str | bytes | Image.Image):
+        raise EaselError(f"{where}.mask: expected a base64 image (got {type(value).__name__})")
+    try:
+        picture = load_user_image(value, MAX_PIXELS)  # strings are base64 only: allow_paths stays off
+    except EaselError as exc:
+        if isinstance(value, str) and _looks_like_path(value):
+            raise EaselError(
+                f"{where}.mask: not base64 image data; masks are accepted only as base64, never as a path on the server"
+            ) from None
+        raise EaselError(f"{where}.mask: {exc}") from None
+    mask = mask_from_upload(picture)
+    return None if is_empty_mask(mask) else mask
 
 
 def pixel_perfect_resolution(image: Image.Image, width: int, height: int, resize_mode: int) -> int:
