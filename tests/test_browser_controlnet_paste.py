@@ -106,7 +106,9 @@ def test_png_info_send_to_txt2img_fills_the_unit(server: LaunchedServer, png: Pa
         prompt = page.locator("#txt2img_prompt textarea")
         page.wait_for_function("el => el.value.includes('lighthouse')", arg=prompt.element_handle(), timeout=30_000)
         page.click("#txt2img_controlnet_accordion")
-        assert page.get_by_role("tab", name="ControlNet Unit 3").count() == 1  # four units, as config.json says
+        last = page.get_by_role("tab", name="ControlNet Unit 3")
+        last.wait_for(state="attached", timeout=30_000)  # the accordion's content renders once it is open
+        assert last.count() == 1  # four units, as config.json says
         page.get_by_role("tab", name="ControlNet Unit 1").click()
         page.locator(f"{unit}_enabled input").wait_for(timeout=30_000)
         page.wait_for_timeout(1000)  # the unit's change events settle (the threshold ranges follow the module)

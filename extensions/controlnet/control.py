@@ -245,6 +245,8 @@ class ControlNetRuntime:
         values, units = self.units(request)
         models: dict[str, Any] = {}
         for unit in units:
+            if preprocessors.find(unit.module).model_free:  # reference_*: attention sharing, no model to place
+                continue
             file = find_model(self.folders(), unit.model)
             if str(file.path) not in models:
                 models[str(file.path)] = self.cache.get(file, view.unet.config, view.dtype, bool(self._allow_pickle()))
