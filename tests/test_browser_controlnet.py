@@ -69,3 +69,21 @@ def test_a_unit_from_the_accordion_guides_txt2img(server: LaunchedServer, tmp_pa
         info = _infotext(page)
         assert 'ControlNet 0: "Module: canny, Model: control_tiny_sd15_canny [' in info
         page.screenshot(path=str(SCREENSHOTS / "controlnet_accordion.png"), full_page=True)
+
+
+def test_control_type_narrows_the_lists(server: LaunchedServer, tmp_path: Path) -> None:
+    """Picking "Tile" (as in sd-webui-controlnet) offers the tile preprocessors and models only, its defaults picked."""
+    with browser_page(tmp_path / "profile") as page:
+        page.goto(server.url + "/")
+        page.click("#txt2img_controlnet_accordion")
+        unit = "#txt2img_controlnet_unit0"
+        page.locator(f"{unit}_control_type").get_by_label("Tile", exact=True).check()
+        page.wait_for_function(
+            f"() => document.querySelector('{unit}_module input')?.value === 'tile_resample'", timeout=30_000
+        )
+        assert page.locator(f"{unit}_model input").input_value() == "control_tiny_sd15_tile"
+        page.locator(f"{unit}_module input").click()
+        offered = page.get_by_role("option").all_inner_texts()
+        page.keyboard.press("Escape")
+        assert [o.replace("✓", "").strip() for o in offered] == ["none", "tile_resample", "blur_gaussian"]
+        page.locator(f"{unit}_control_type").screenshot(path=str(SCREENSHOTS / "controlnet_control_type.png"))

@@ -17,19 +17,11 @@ from pipelines.errors import EaselError
 
 from . import annotators, preprocessors
 from .control import ControlNetRuntime, list_models
+from .control_types import control_types as control_types_for
 from .units import load_image, load_mask
 
 VERSION = 3
 MAX_DETECT_IMAGES = 16
-# sd-webui-controlnet's control types that Easel's weight-free preprocessors serve: (title, default, others)
-CONTROL_TYPES = (
-    ("Canny", "canny", ()),
-    ("Scribble", "scribble_threshold", ()),
-    ("Tile", "tile_resample", ("blur_gaussian",)),
-    ("Lineart", "lineart_standard", ("invert",)),
-    ("Shuffle", "shuffle", ()),
-    ("Inpaint", "inpaint_only", ("inpaint",)),
-)
 
 
 class DetectRequest(BaseModel):
@@ -69,28 +61,7 @@ def build_router(runtime: ControlNetRuntime) -> APIRouter:
 
     @router.get("/control_types")
     def control_types() -> dict[str, Any]:
-        models = ["None", *(m.label for m in list_models(runtime.folders()))]
-        modules = [*preprocessors.PREPROCESSORS, *annotators.LIBRARY.available()]
-        types: dict[str, Any] = {
-            "All": {"module_list": modules, "model_list": models, "default_option": "none", "default_model": "None"}
-        }
-        for title, module, extra in CONTROL_TYPES:
-            word = title.lower()
-            matching = ["None", *(m for m in models[1:] if word in m.lower())]
-            types[title] = {
-                "module_list": ["none", module, *extra],
-                "model_list": matching,
-                "default_option": module,
-                "default_model": matching[1] if len(matching) > 1 else "None",
-            }
-        types |= annotators.control_types(models[1:])
-        types["Reference"] = {
-            "module_list": ["reference_only", "reference_adain", "reference_adain+attn"],
-            "model_list": ["None"],
-            "default_option": "reference_only",
-            "default_model": "None",
-        }
-        return {"control_types": types}
+        return {"control_types": control_types_for([m.label for m in list_models(runtime.folders())])}
 
     @router.get("/settings")
     def settings() -> dict[str, int]:

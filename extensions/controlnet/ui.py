@@ -17,6 +17,7 @@ from pipelines.extensions.context import AccordionParts
 
 from . import annotators, masking, preprocessors
 from .control import ControlNetRuntime, list_models
+from .control_types import ALL, control_types, union_type
 from .units import CONTROL_MODES, HR_OPTIONS, RESIZE_MODES, load_image, load_mask
 
 NO_MODEL = "None"
@@ -24,6 +25,10 @@ NO_MODEL = "None"
 
 def _model_choices(runtime: ControlNetRuntime) -> list[str]:
     return [NO_MODEL, *(m.name for m in list_models(runtime.folders()))]
+
+
+def _type_choices(runtime: ControlNetRuntime) -> list[str]:
+    return list(control_types([m.name for m in list_models(runtime.folders())]))
 
 
 def _module_choices() -> list[str]:
@@ -53,10 +58,17 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
     with gr.Row():
         enabled = gr.Checkbox(label="Enable", value=False, elem_id=f"{elem}_enabled")
         pixel_perfect = gr.Checkbox(label="Pixel Perfect", value=False, elem_id=f"{elem}_pixel_perfect")
+    control_type = gr.Radio(
+        _type_choices(runtime),
+        value=ALL,
+        label="Control Type",
+        info="narrows the lists below; for a ControlNet-Union model it is the kind of map",
+        elem_id=f"{elem}_control_type",
+    )
     with gr.Row():
         module = gr.Dropdown(_module_choices(), value="none", label="Preprocessor", elem_id=f"{elem}_module")
         model = gr.Dropdown(_model_choices(runtime), value=NO_MODEL, label="Model", elem_id=f"{elem}_model")
-        refresh = gr.Button("🔄", elem_id=f"{elem}_refresh", scale=0, min_width=40)
+        refresh = gr.Button("↻", elem_id=f"{elem}_refresh", scale=0, min_width=40)
         run_preview = gr.Button("Preview the map", elem_id=f"{elem}_run_preview", scale=0)
     with gr.Row():
         weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control Weight", elem_id=f"{elem}_weight")
@@ -91,6 +103,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
         threshold_a,
         threshold_b,
         hr_option,
+        control_type,
     ]
     keys = [
         "enabled",
@@ -108,6 +121,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
         "threshold_a",
         "threshold_b",
         "hr_option",
+        "union_control_type",
     ]
     state = gr.JSON({}, visible=False, elem_id=f"{elem}_value")
 
@@ -115,6 +129,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
         unit = dict(zip(keys, values, strict=True))
         if not unit["enabled"]:
             return {}
+        unit["union_control_type"] = union_type(unit["union_control_type"])  # the radio's title -> union type
         for key, mode in (("image", "RGB"), ("mask", "L")):
             picture = unit.pop(key)
             if picture is not None:  # as an API client sends it: the value is plain JSON, whatever holds it
@@ -149,10 +164,26 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
     private = {"queue": False, "api_visibility": "private"}
     module.change(sliders, module, [threshold_a, threshold_b, resolution], **private)
     module.input(lambda name: sliders(name, True), module, [threshold_a, threshold_b, resolution], **private)
+
+    def narrow(title: str) -> tuple[Any, Any]:
+        """The preprocessors and models of one control type, its defaults picked (as sd-webui-controlnet's radio)."""
+        group = control_types([m.name for m in list_models(runtime.folders())]).get(title)
+        if group is None:  # an annotator group whose weights went away meanwhile
+            group = control_types([m.name for m in list_models(runtime.folders())])[ALL]
+        return (
+            gr.update(choices=group["module_list"], value=group["default_option"]),
+            gr.update(choices=group["model_list"], value=group["default_model"]),
+        )
+
+    control_type.input(narrow, control_type, [module, model], **private)
     refresh.click(
-        lambda: (gr.update(choices=_model_choices(runtime)), gr.update(choices=_module_choices())),
+        lambda: (
+            gr.update(choices=_model_choices(runtime)),
+            gr.update(choices=_module_choices()),
+            gr.update(choices=_type_choices(runtime), value=ALL),
+        ),
         None,
-        [model, module],
+        [model, module, control_type],
         queue=False,
         api_visibility="private",
     )
@@ -170,8 +201,8 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
     run_preview.click(
         show_map, [image, mask, module, resolution, threshold_a, threshold_b], preview, api_visibility="private"
     )
-    pictures = ("image", "mask")  # never in an infotext
-    paste = {f"ControlNet {index} {key}": w for key, w in zip(keys, widgets, strict=True) if key not in pictures}
+    unwritten = ("image", "mask", "union_control_type")  # never in an infotext
+    paste = {f"ControlNet {index} {key}": w for key, w in zip(keys, widgets, strict=True) if key not in unwritten}
     return state, paste
 
 
