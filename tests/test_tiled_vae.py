@@ -83,9 +83,9 @@ def test_tiles_match_the_whole_decode_in_float(vae: torch.nn.Module):
     with torch.no_grad():
         reference = vae.decode(z).sample
     calls = count_tiles(vae.decoder.up_blocks[-1].resnets[-1].conv2)
-    exact = tiled_vae.decode(vae, z, 16)  # 2 latent cores: a tile is mostly margin, every seam is tested
+    exact = tiled_vae.decode(vae, z, 32)  # 4 latent cores: a tile is mostly margin, many seams to get wrong
     vae.decoder.up_blocks[-1].resnets[-1].conv2._forward_pre_hooks.clear()
-    assert len(calls) == 8 * 12
+    assert len(calls) == 4 * 6
     assert float((exact - reference).abs().max()) < 1e-4
     # Latent pixels the tiles start with: the up blocks' 3x3 convolutions, 2 per resnet, halved at each upsampler.
     assert tiled_vae.receptive_field(vae) == {"decoder": 9, "decoder_whole": 14, "encoder": 45}

@@ -184,6 +184,8 @@ def supports(vae: Any) -> bool:
     try:
         _decoder_steps(vae.decoder)
         _encoder_steps(vae.encoder)
+        _ = vae.quant_conv, vae.post_quant_conv, vae.use_slicing, vae.decoder.conv_in, vae.decoder.mid_block
+        _ = vae.encoder.mid_block, vae.encoder.conv_norm_out, vae.encoder.conv_act, vae.encoder.conv_out
     except (AttributeError, ValueError, TypeError):
         return False
     return True
