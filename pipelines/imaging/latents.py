@@ -1,6 +1,7 @@
 """Pixels <-> latents through the checkpoint's VAE: the one encode and the one decode every mode uses.
 
-Kept apart from the sampling loop so the memory policy can tile or slice them (and move the VAE) in one place.
+Kept apart from the sampling loop so the memory policy can tile or slice them (and move the VAE) in one place;
+the tiling itself is ``pipelines.imaging.tiled_vae`` (exact: tiles share GroupNorm statistics and margins).
 Latents here are always in the sampler's space: VAE latents times ``scaling_factor`` (minus ``shift_factor``).
 """
 
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from pipelines.imaging.tiled_vae import decode_maybe_tiled, encode_maybe_tiled
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,11 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
     device = _claim(vae)
     scaled = (latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)).to(device)
     with torch.no_grad():
-        pixels = vae.decode(scaled.to(vae.dtype)).sample
+        pixels = decode_maybe_tiled(vae, scaled.to(vae.dtype))
         if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
             log.warning("VAE produced NaNs in %s; upcasting it to fp32", vae.dtype)
             vae.to(torch.float32)
-            pixels = vae.decode(scaled.to(torch.float32)).sample
+            pixels = decode_maybe_tiled(vae, scaled.to(torch.float32))
     arrays = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     return [Image.fromarray(np.ascontiguousarray(a.permute(1, 2, 0).numpy()), "RGB") for a in arrays]
 
@@ -65,11 +68,11 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     _upcast_if_forced(vae)
     device = _claim(vae)
     with torch.no_grad():
-        latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode()
+        latents = encode_maybe_tiled(vae, pixels.to(device, vae.dtype))
         if not torch.isfinite(latents).all() and vae.dtype != torch.float32:
             log.warning("VAE encode produced NaNs in %s; upcasting it to fp32", vae.dtype)
             vae.to(torch.float32)
-            latents = vae.encode(pixels.to(device, torch.float32)).latent_dist.mode()
+            latents = encode_maybe_tiled(vae, pixels.to(device, torch.float32))
     shift = vae.config.get("shift_factor") or 0.0
     return ((latents.float() - shift) * vae.config.scaling_factor).float()
 

@@ -44,7 +44,10 @@ UNET_ACTIVATION_PER_LATENT_PIXEL = {"sd": 16 * 1024, "sdxl": 12 * 1024}
 VAE_ACTIVATION_PER_PIXEL = 3200
 TILE_CANDIDATES = (1024, 512, 256)
 """VAE tile sizes tried (pixels a side), largest first; capped at the VAE's own ``sample_size``."""
-TILE_OVERLAP = 0.25  # AutoencoderKL's blend overlap: a tile's decode is about (1 + overlap)^2 of its area
+TILE_OVERLAP = 0.25
+"""A tile's working set is about (1 + overlap)^2 of its area: diffusers' blend overlap, and a generous bound for
+Easel's exact tiling (``pipelines.imaging.tiled_vae``), whose margins are a few pixels at full resolution (the
+latent-resolution layers, 1/64 of the pixels, carry the wide ones and the whole-image mid block)."""
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ or removes the offload hooks when the level changes between requests (nothing is
 the VAE, and when a generation runs out of memory steps down one level, empties the caches and retries once.
 
 Mechanisms: diffusers' ``apply_group_offloading`` (block or leaf level, prefetch on a side CUDA stream),
-``enable_layerwise_casting`` (fp8 storage, fp16/bf16/fp32 compute) and ``AutoencoderKL`` tiling/slicing are used
-as they are. Model offload is Easel's own small hook on accelerate's hook protocol (``ModelHook``,
+``enable_layerwise_casting`` (fp8 storage, fp16/bf16/fp32 compute) and ``AutoencoderKL`` slicing are used as they
+are; VAE tiling is Easel's own exact one (``pipelines.imaging.tiled_vae``), diffusers' blended tiling only for VAE
+layouts that one does not handle. Model offload is Easel's own small hook on accelerate's hook protocol (``ModelHook``,
 ``add_hook_to_module``, ``send_to_device``) rather than accelerate's ``cpu_offload_with_hook`` chain: the chain
 only evicts the component *before* the one that runs, so a hires fix (UNet, VAE decode, then the text encoders
 again for the hires prompt, then the UNet) or an img2img encode (VAE before UNet) leaves two big components on the
@@ -27,6 +28,7 @@ from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_mod
 from accelerate.utils import send_to_device
 
 from pipelines.errors import EaselError
+from pipelines.imaging.tiled_vae import enable_diffusers_tiling, set_tiling
 from pipelines.models.devices import available_ram_bytes, module_bytes
 from pipelines.runtime.memory_policy import (
     GROUP_BLOCK,
@@ -256,11 +258,15 @@ def _vae_upcasts(vae: Any, dtype: torch.dtype) -> bool:
 
 
 def configure_vae(vae: Any, plan: MemoryPlan) -> None:
-    """AutoencoderKL's own tiling and slicing, on or off as planned, with the plan's tile size (in pixels)."""
-    if plan.vae_tiling:
-        vae.enable_tiling()
-        latent_tile = plan.vae_tile // 2 ** (len(vae.config.block_out_channels) - 1)
-        vae.tile_sample_min_size, vae.tile_latent_min_size = plan.vae_tile, latent_tile
+    """VAE tiling and slicing, on or off as planned, with the plan's tile size (in pixels).
+
+    Tiling is Easel's exact one (``tiled_vae``: the same pixels as the whole decode) where the VAE's layout allows;
+    AutoencoderKL's own blended tiling only for layouts it does not know.
+    """
+    exact = set_tiling(vae, plan.vae_tile if plan.vae_tiling else None)
+    if plan.vae_tiling and not exact:
+        log.info("VAE layout not handled by the exact tiling; using diffusers' tiling")
+        enable_diffusers_tiling(vae, plan.vae_tile)
     else:
         vae.disable_tiling()
     if plan.vae_slicing:
