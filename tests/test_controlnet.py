@@ -5,7 +5,7 @@ reaching the UNet through the extension's model-call wrapper; weight, guidance w
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,12 @@ def cn_dir(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def builtins(tmp_path: Path, cn_dir: Path) -> Iterator[LoadedExtensions]:
-    extensions = load_extensions(None, BUILTIN_DIR, ExtensionState(tmp_path / "state.json"))
-    record = extensions.get("controlnet")
+def builtins(builtins: LoadedExtensions, cn_dir: Path) -> LoadedExtensions:
+    """conftest's built-in extensions, ControlNet's folder bound to this module's models."""
+    record = builtins.get("controlnet")
     assert record is not None and record.active, record and record.error
-    extensions.catalog.bind_model_folders(controlnet=[cn_dir])
-    yield extensions
-    extensions.unload()
+    builtins.catalog.bind_model_folders(controlnet=[cn_dir])
+    return builtins
 
 
 @pytest.fixture

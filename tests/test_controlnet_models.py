@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,8 +20,7 @@ from diffusers import ControlNetUnionModel, T2IAdapter
 from fastapi.testclient import TestClient
 
 from pipelines.errors import EaselError
-from pipelines.extensions.loader import BUILTIN_DIR, MODULE_PREFIX, LoadedExtensions, load_extensions
-from pipelines.extensions.state import ExtensionState
+from pipelines.extensions.loader import MODULE_PREFIX, LoadedExtensions
 from pipelines.generate import Engine
 from pipelines.models.controlnet import load_controlnet
 from pipelines.models.controlnet_union import derive_union_config
@@ -59,13 +58,12 @@ def cn_dir(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def builtins(tmp_path: Path, cn_dir: Path) -> Iterator[LoadedExtensions]:
-    extensions = load_extensions(None, BUILTIN_DIR, ExtensionState(tmp_path / "state.json"))
-    record = extensions.get("controlnet")
+def builtins(builtins: LoadedExtensions, cn_dir: Path) -> LoadedExtensions:
+    """conftest's built-in extensions, ControlNet's folder bound to this module's models."""
+    record = builtins.get("controlnet")
     assert record is not None and record.active, record and record.error
-    extensions.catalog.bind_model_folders(controlnet=[cn_dir])
-    yield extensions
-    extensions.unload()
+    builtins.catalog.bind_model_folders(controlnet=[cn_dir])
+    return builtins
 
 
 @pytest.fixture

@@ -163,17 +163,21 @@ def load_image(value: Any, where: str) -> Image.Image | None:
         if value.dtype != np.uint8 or value.ndim not in (2, 3):
             raise EaselError(f"{where}: an image array must be uint8 [H, W] or [H, W, C]")
         value = Image.fromarray(value)
+    return _decode(value, where, "images").convert("RGB")
+
+
+def _decode(value: Any, where: str, what: str) -> Image.Image:
+    """A picture from base64 text (never a server path: ``allow_paths`` stays off) or an image; clear errors."""
     if not isinstance(value, str | bytes | Image.Image):
         raise EaselError(f"{where}: expected a base64 image (got {type(value).__name__})")
     try:
-        image = load_user_image(value, MAX_PIXELS)  # strings are base64 only: allow_paths stays off
+        return load_user_image(value, MAX_PIXELS)
     except EaselError as exc:
         if isinstance(value, str) and _looks_like_path(value):
             raise EaselError(
-                f"{where}: not base64 image data; images are accepted only as base64, never as a path on the server"
+                f"{where}: not base64 image data; {what} are accepted only as base64, never as a path on the server"
             ) from None
         raise EaselError(f"{where}: {exc}") from None
-    return image.convert("RGB")
 
 
 def _looks_like_path(text: str) -> bool:
@@ -243,17 +247,7 @@ def load_mask(unit: Mapping[str, Any], where: str) -> Image.Image | None:
         raise EaselError(f"{where}.mask: expected a base64 image")
     if isinstance(value, np.ndarray):
         value = Image.fromarray(value)
-    if not isinstance(value, str | bytes | Image.Image):
-        raise EaselError(f"{where}.mask: expected a base64 image (got {type(value).__name__})")
-    try:
-        picture = load_user_image(value, MAX_PIXELS)  # strings are base64 only: allow_paths stays off
-    except EaselError as exc:
-        if isinstance(value, str) and _looks_like_path(value):
-            raise EaselError(
-                f"{where}.mask: not base64 image data; masks are accepted only as base64, never as a path on the server"
-            ) from None
-        raise EaselError(f"{where}.mask: {exc}") from None
-    mask = mask_from_upload(picture)
+    mask = mask_from_upload(_decode(value, f"{where}.mask", "masks"))
     return None if is_empty_mask(mask) else mask
 
 
