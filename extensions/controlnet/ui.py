@@ -67,7 +67,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
     )
     with gr.Row():
         module = gr.Dropdown(_module_choices(), value="none", label="Preprocessor", elem_id=f"{elem}_module")
-        model = gr.Dropdown(_model_choices(runtime), value=NO_MODEL, label="Model", elem_id=f"{elem}_model")
+        model = gr.Dropdown(_model_choices(runtime), value=NO_MODEL, label="Model", elem_id=f"{elem}_model", scale=2)
         refresh = gr.Button("↻", elem_id=f"{elem}_refresh", scale=0, min_width=40)
         run_preview = gr.Button("Preview the map", elem_id=f"{elem}_run_preview", scale=0)
     with gr.Row():
