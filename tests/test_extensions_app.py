@@ -135,10 +135,7 @@ def test_extension_ui_in_a_browser(server: LaunchedServer, tmp_path: Path) -> No
         set_number(page, "txt2img_steps", 2)
         set_number(page, "txt2img_width", 64)
         set_number(page, "txt2img_height", 64)
-        # the accordion's values reach the request through a State its change events update; under load the
-        # click can overtake them (a known race, noted for its own issue), so let them settle first
-        page.wait_for_timeout(1000)
-        page.click("#txt2img_generate")
+        page.click("#txt2img_generate")  # at once: Generate recomputes the accordion's State first (webui/derived.py)
         page.wait_for_function(
             "() => (document.querySelector('#txt2img_info textarea')?.value || '').includes('Testext shift')",
             timeout=180_000,

@@ -10,6 +10,7 @@ import gradio as gr
 from pipelines.errors import EaselError
 from pipelines.fields import NO_REFINER
 from webui.context import AppContext
+from webui.derived import collecting
 from webui.extensions_ui import build_extension_tabs
 from webui.image_inputs import wire_send_buttons
 from webui.prompt_tools import wire_prompt_tools
@@ -84,12 +85,13 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         banner = gr.Markdown(banner_text(ctx), elem_id="easel_demo_banner")
         build_queue_panel(ctx)  # every job in line, above every tab
         with gr.Tabs() as tabs:
-            with gr.Tab("txt2img", id="txt2img"):
-                txt2img_output = build_txt2img_tab(ctx, checkpoint)
-            with gr.Tab("img2img", id="img2img"):
-                img2img = build_img2img_tab(ctx, checkpoint)
-            with gr.Tab("Inpaint", id="inpaint"):
-                inpaint = build_inpaint_tab(ctx, checkpoint)
+            # each tab's derived States (webui/derived.py), recomputed by its Generate before it runs
+            with gr.Tab("txt2img", id="txt2img"), collecting() as derived:
+                txt2img_output = build_txt2img_tab(ctx, checkpoint, derived)
+            with gr.Tab("img2img", id="img2img"), collecting() as derived:
+                img2img = build_img2img_tab(ctx, checkpoint, derived)
+            with gr.Tab("Inpaint", id="inpaint"), collecting() as derived:
+                inpaint = build_inpaint_tab(ctx, checkpoint, derived)
             with gr.Tab("Extras", id="extras"):
                 extras = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="png_info"):

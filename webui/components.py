@@ -9,6 +9,7 @@ import gradio as gr
 
 from pipelines.fields import FIELDS, NO_REFINER
 from webui import field_widgets
+from webui.derived import derive
 
 PARAM_FIELDS = tuple(FIELDS.names("params"))
 """The parameter panel's fields, in the order its values reach a handler (and the txt2img API's order)."""
@@ -115,8 +116,7 @@ def build_param_panel(tab: str, default_size: int = 512, checkpoints: list[str] 
         def collect(*values: Any) -> dict[str, Any]:  # Gradio passes each widget's value as its own argument
             return refiner_kwargs(values)
 
-        for widget in widgets:
-            widget.change(collect, widgets, panel.refiner_state, queue=False, api_visibility="private")
+        derive(collect, widgets, panel.refiner_state)
     return panel
 
 

@@ -22,6 +22,7 @@ from pipelines.fields import FIELDS
 from pipelines.hooks import Script
 from webui import field_widgets
 from webui.context import AppContext
+from webui.derived import derive
 
 log = logging.getLogger(__name__)
 NO_SCRIPT = "None"
@@ -83,6 +84,8 @@ def build_extension_inputs(ctx: AppContext, tab: str) -> ExtensionInputs:
                 continue
             if isinstance(built, AccordionParts):  # widgets an infotext's values are pasted into, by key
                 ctx.paste_targets.setdefault(tab, {}).update(built.paste)
+                for fn, widgets, value in built.derived:  # recomputed before Generate, as Easel's own
+                    derive(fn, widgets, value)
                 built = built.fields
             for short, component in built.items():
                 if f"{record.name}.{short}" not in FIELDS:  # its value would make every request fail
@@ -155,8 +158,7 @@ def _wire_state(inputs: ExtensionInputs) -> None:
         return {"extensions": extensions, "script": script, "script_args": script_args}
 
     inputs.state = gr.State(collect(*(c.value for c in components)))
-    for component in components:
-        component.change(collect, components, inputs.state, queue=False, api_visibility="private")
+    derive(collect, components, inputs.state)
 
 
 def build_extension_tabs(ctx: AppContext) -> None:

@@ -36,7 +36,7 @@ def _module_choices() -> list[str]:
     return [*preprocessors.PREPROCESSORS, *annotators.LIBRARY.available()]
 
 
-def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, dict[str, Any]]:
+def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, dict[str, Any], tuple[Any, ...]]:
     elem = f"{tab}_controlnet_unit{index}"
     with gr.Row():
         image = gr.Image(
@@ -138,9 +138,6 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
                 unit[key] = base64.b64encode(buffer.getvalue()).decode("ascii")
         return unit
 
-    for widget in widgets:
-        widget.change(unit_value, widgets, state, queue=False, api_visibility="private")
-
     def sliders(name: str, defaults: bool = False) -> tuple[Any, Any, Any]:
         """The threshold sliders as the preprocessor names them (hidden when it has none), and its resolution's;
         ``defaults``: also its default values (when the user picks it, not when an infotext pastes its own)."""
@@ -203,7 +200,7 @@ def _unit(tab: str, index: int, runtime: ControlNetRuntime) -> tuple[gr.JSON, di
     )
     unwritten = ("image", "mask", "union_control_type")  # never in an infotext
     paste = {f"ControlNet {index} {key}": w for key, w in zip(keys, widgets, strict=True) if key not in unwritten}
-    return state, paste
+    return state, paste, (unit_value, widgets, state)  # the unit's value, kept by the extensions UI
 
 
 def build_accordion(tab: str, runtime: ControlNetRuntime) -> AccordionParts:
@@ -211,9 +208,11 @@ def build_accordion(tab: str, runtime: ControlNetRuntime) -> AccordionParts:
     and each unit's widgets under sd-webui-controlnet's infotext keys (``ControlNet 0 weight``) for pasting."""
     states: dict[str, Any] = {}
     paste: dict[str, Any] = {}
+    derived: list[tuple[Any, ...]] = []
     with gr.Tabs(elem_id=f"{tab}_controlnet_units"):
         for i in range(runtime.unit_count):
             with gr.Tab(f"ControlNet Unit {i}", elem_id=f"{tab}_controlnet_unit{i}_tab"):
-                states[f"unit_{i}"], widgets = _unit(tab, i, runtime)
+                states[f"unit_{i}"], widgets, value = _unit(tab, i, runtime)
                 paste.update(widgets)
-    return AccordionParts(states, paste)
+                derived.append(value)
+    return AccordionParts(states, paste, derived)

@@ -47,6 +47,9 @@ class AccordionParts:
 
     fields: Mapping[str, Any]
     paste: Mapping[str, Any] = field(default_factory=dict)
+    # (fn, widgets, component): the component holds fn(*widgets), kept so on every change and recomputed just
+    # before Generate (so a click that overtakes a change event still sends the widgets' current values)
+    derived: Sequence[tuple[Callable[..., Any], Sequence[Any], Any]] = ()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.fields import FIELDS
+from webui.derived import derive
 from webui.field_widgets import build
 
 SAME = "Use same sampler"
@@ -67,6 +68,5 @@ def build_generation_extras(tab: str, hires_upscalers: list[str] | None = None) 
         return extras_to_kwargs(values)
 
     # The values travel in a State so the txt2img API endpoint keeps its positional signature for old clients.
-    for name in EXTRA_FIELDS:
-        w[name].change(collect, [w[n] for n in EXTRA_FIELDS], state, queue=False, api_visibility="private")
+    derive(collect, [w[n] for n in EXTRA_FIELDS], state)
     return GenerationExtras(w, state)

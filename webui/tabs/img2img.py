@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from webui.components import (
     values_to_kwargs,
 )
 from webui.context import AppContext
+from webui.derived import Derivation, click_after_sync
 from webui.extensions_ui import build_extension_inputs, request_kwargs
 from webui.field_widgets import build
 from webui.image_inputs import read_image
@@ -32,7 +34,7 @@ class Img2ImgTab:
     output: OutputPanel
 
 
-def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
+def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown, derived: Sequence[Derivation] = ()) -> Img2ImgTab:
     header = build_tab_header(ctx, "img2img")
     prompts, networks = header.prompts, header.networks
     with gr.Row():
@@ -91,6 +93,8 @@ def build_img2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> Img2ImgTab:
         networks.state,
         ext.state,
     ]
-    header.generate.click(run, inputs, out.outputs(), api_name="img2img", concurrency_limit=None)
+    click_after_sync(
+        header.generate, derived, run, inputs=inputs, outputs=out.outputs(), api_name="img2img", concurrency_limit=None
+    )
     panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)
     return Img2ImgTab(init_image, out)

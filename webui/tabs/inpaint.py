@@ -6,7 +6,7 @@ canvas from ``pipelines.imaging.outpaint``; everything else is ``Engine.generate
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,6 +25,7 @@ from webui.components import (
     values_to_kwargs,
 )
 from webui.context import AppContext
+from webui.derived import Derivation, click_after_sync
 from webui.extensions_ui import build_extension_inputs, request_kwargs
 from webui.field_widgets import build
 from webui.image_inputs import editor_background, editor_mask, editor_value
@@ -53,7 +54,7 @@ class InpaintTab:
     output: OutputPanel
 
 
-def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
+def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown, derived: Sequence[Derivation] = ()) -> InpaintTab:
     header = build_tab_header(ctx, "inpaint")
     prompts, networks = header.prompts, header.networks
     with gr.Row():
@@ -200,18 +201,22 @@ def build_inpaint_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> InpaintTab:
 
     common = [checkpoint, prompts.prompt, prompts.negative_prompt, editor]
     inpaint_inputs = [mask_upload, mask_blur, padding, mask_mode, inpaint_area, masked_content, denoising]
-    header.generate.click(
+    click_after_sync(
+        header.generate,
+        derived,
         run,
-        [*common, *inpaint_inputs, *panel.inputs(), networks.state, ext.state],
-        out.outputs(),
+        inputs=[*common, *inpaint_inputs, *panel.inputs(), networks.state, ext.state],
+        outputs=out.outputs(),
         api_name="inpaint",
         concurrency_limit=None,
     )
     outpaint_inputs = [sides, pixels, fill, mask_blur, padding, inpaint_area, denoising]
-    outpaint.click(
+    click_after_sync(
+        outpaint,
+        derived,
         run_outpaint,
-        [*common, *outpaint_inputs, *panel.inputs(), networks.state, ext.state],
-        [*out.outputs(), editor],
+        inputs=[*common, *outpaint_inputs, *panel.inputs(), networks.state, ext.state],
+        outputs=[*out.outputs(), editor],
         api_name="outpaint",
         concurrency_limit=None,
     )

@@ -18,6 +18,7 @@ from pipelines.networks.vae import AUTOMATIC
 from pipelines.settings import apply_settings
 from webui.components import PromptBoxes
 from webui.context import AppContext
+from webui.derived import derive
 
 AUTOMATIC_VAE = AUTOMATIC
 LORA_MULTIPLIER = 1  # A1111's extra_networks_default_multiplier
@@ -153,7 +154,7 @@ def build_networks_panel(ctx: AppContext, tab: str, prompts: PromptBoxes, styles
     save_style.click(
         save, [style_name, prompts.prompt, prompts.negative_prompt, styles], [style_name, styles], **private
     )
-    styles.change(lambda picked: {"styles": tuple(picked or ())}, styles, state, **private)
+    derive(lambda picked: {"styles": tuple(picked or ())}, [styles], state)
     return NetworksPanel(styles, state)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gradio as gr
@@ -17,6 +17,7 @@ from webui.components import (
     values_to_kwargs,
 )
 from webui.context import AppContext
+from webui.derived import Derivation, click_after_sync
 from webui.extensions_ui import build_extension_inputs, request_kwargs
 from webui.runner import progress_html, session_of, stream_generation
 from webui.tabs.generation_extras import build_generation_extras
@@ -49,7 +50,7 @@ def result_updates(
         ctx.jobs.finish(job_session, job)
 
 
-def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
+def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown, derived: Sequence[Derivation] = ()) -> OutputPanel:
     header = build_tab_header(ctx, "txt2img")
     prompts, networks = header.prompts, header.networks
     with gr.Row():
@@ -77,6 +78,8 @@ def build_txt2img_tab(ctx: AppContext, checkpoint: gr.Dropdown) -> OutputPanel:
     n_params = len(panel.inputs())
     inputs = [checkpoint, prompts.prompt, prompts.negative_prompt, *panel.inputs(), extras.state, networks.state]
     inputs.append(ext.state)  # States are no API parameters: the endpoint's positional signature stays
-    header.generate.click(run, inputs, out.outputs(), api_name="txt2img", concurrency_limit=None)
+    click_after_sync(
+        header.generate, derived, run, inputs=inputs, outputs=out.outputs(), api_name="txt2img", concurrency_limit=None
+    )
     panel.reuse_seed.click(selected_seed, [out.result_state], [panel.seed], api_visibility="private", queue=False)
     return out
