@@ -95,26 +95,6 @@ def builtins(tmp_path: Path) -> Iterator[LoadedExtensions]:
     extensions.unload()
 
 
-@pytest.fixture
-def controlnet_builtins(builtins: LoadedExtensions, cn_dir: Path) -> LoadedExtensions:
-    """The built-in extensions with ControlNet's folder bound to the requesting module's ``cn_dir`` fixture."""
-    record = builtins.get("controlnet")
-    assert record is not None and record.active, record and record.error
-    builtins.catalog.bind_model_folders(controlnet=[cn_dir])
-    return builtins
-
-
-@pytest.fixture
-def controlnet_engine(
-    make_engine: Callable[[Path], Engine], tmp_path: Path, controlnet_builtins: LoadedExtensions
-) -> Engine:
-    """An engine running the built-in extensions (ControlNet over ``cn_dir``), tiny SD1 active."""
-    engine = make_engine(tmp_path / "outputs")
-    engine.hooks = controlnet_builtins.hooks
-    engine.manager.activate("tiny-sd1.safetensors")
-    return engine
-
-
 @pytest.fixture(scope="session")
 def shared_engine(make_engine: Callable[[Path], Engine], tmp_path_factory: pytest.TempPathFactory) -> Engine:
     """One engine for the tests that only read from it (saves loading the same model again and again)."""

@@ -5,6 +5,7 @@ reaching the UNet through the extension's model-call wrapper; weight, guidance w
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipelines.errors import EaselError
-from pipelines.extensions.loader import BUILTIN_DIR, MODULE_PREFIX, load_extensions
+from pipelines.extensions.loader import BUILTIN_DIR, MODULE_PREFIX, LoadedExtensions, load_extensions
 from pipelines.extensions.state import ExtensionState
 from pipelines.generate import Engine
 from pipelines.models.controlnet import load_controlnet
@@ -48,8 +49,20 @@ def cn_dir(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def engine(controlnet_engine: Engine) -> Engine:
-    return controlnet_engine
+def builtins(builtins: LoadedExtensions, cn_dir: Path) -> LoadedExtensions:
+    """conftest's built-in extensions, ControlNet's folder bound to this module's models."""
+    record = builtins.get("controlnet")
+    assert record is not None and record.active, record and record.error
+    builtins.catalog.bind_model_folders(controlnet=[cn_dir])
+    return builtins
+
+
+@pytest.fixture
+def engine(make_engine: Callable[[Path], Engine], tmp_path: Path, builtins: LoadedExtensions) -> Engine:
+    engine = make_engine(tmp_path / "outputs")
+    engine.hooks = builtins.hooks
+    engine.manager.activate("tiny-sd1.safetensors")
+    return engine
 
 
 def unit(**values: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -57,8 +58,20 @@ def cn_dir(tiny: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def engine(controlnet_engine: Engine) -> Engine:
-    return controlnet_engine
+def builtins(builtins: LoadedExtensions, cn_dir: Path) -> LoadedExtensions:
+    """conftest's built-in extensions, ControlNet's folder bound to this module's models."""
+    record = builtins.get("controlnet")
+    assert record is not None and record.active, record and record.error
+    builtins.catalog.bind_model_folders(controlnet=[cn_dir])
+    return builtins
+
+
+@pytest.fixture
+def engine(make_engine: Callable[[Path], Engine], tmp_path: Path, builtins: LoadedExtensions) -> Engine:
+    engine = make_engine(tmp_path / "outputs")
+    engine.hooks = builtins.hooks
+    engine.manager.activate("tiny-sd1.safetensors")
+    return engine
 
 
 def unit(model: str, **values: Any) -> dict[str, Any]:
@@ -134,9 +147,7 @@ def test_union_control_type_refusals(engine: Engine) -> None:
     assert not engine.hooks.failed
 
 
-def test_union_types_by_preprocessor_and_adapter_scales_as_sd_webui_controlnet(
-    controlnet_builtins: LoadedExtensions,
-) -> None:
+def test_union_types_by_preprocessor_and_adapter_scales_as_sd_webui_controlnet(builtins: LoadedExtensions) -> None:
     adapters = sys.modules[MODULE_PREFIX + "controlnet.adapters"]
     model = SimpleNamespace(config=SimpleNamespace(num_control_type=8))
     by_module = {
@@ -297,10 +308,10 @@ def test_intrablock_residuals_sum_and_reach_the_unet_whole_each_call() -> None:
 # -- listing ---------------------------------------------------------------------------------------------------
 
 
-def test_model_list_shows_union_and_adapters_with_the_others(controlnet_builtins: LoadedExtensions) -> None:
+def test_model_list_shows_union_and_adapters_with_the_others(builtins: LoadedExtensions) -> None:
     from fastapi import FastAPI
 
-    record = controlnet_builtins.get("controlnet")
+    record = builtins.get("controlnet")
     assert record is not None and record.contributions is not None
     app = FastAPI()
     app.include_router(record.contributions.routes[0](), prefix="/controlnet")
